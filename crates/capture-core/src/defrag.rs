@@ -91,7 +91,7 @@ impl Defrag {
 
     pub fn insert(&mut self, ts: i64, key: FragKey, offset: usize, more: bool, payload: &[u8]) -> FragOutcome {
         let end = offset + payload.len();
-        if end > MAX_DATAGRAM || (more && payload.len() % 8 != 0) {
+        if end > MAX_DATAGRAM || (more && !payload.len().is_multiple_of(8)) {
             self.stats.invalid += 1;
             return FragOutcome::Dropped;
         }

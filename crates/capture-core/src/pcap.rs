@@ -200,7 +200,7 @@ impl<R: Read> CaptureReader<R> {
             _ => return Err(self.malformed(format!("pcapng section header has byte-order magic {bom:08x}"))),
         };
         let total = self.u32_at(&hdr, 0);
-        if !(28..=MAX_BLOCK).contains(&total) || total % 4 != 0 {
+        if !(28..=MAX_BLOCK).contains(&total) || !total.is_multiple_of(4) {
             return Err(self.malformed(format!("pcapng section header length {total} is invalid")));
         }
         self.read_into_buf(total as usize - 12)?;
@@ -224,7 +224,7 @@ impl<R: Read> CaptureReader<R> {
             self.fill(&mut hdr[4..8])?;
             let btype = self.u32_at(&hdr, 0);
             let total = self.u32_at(&hdr, 4);
-            if !(12..=MAX_BLOCK).contains(&total) || total % 4 != 0 {
+            if !(12..=MAX_BLOCK).contains(&total) || !total.is_multiple_of(4) {
                 return Err(CaptureError::Malformed {
                     frame: self.frames + 1,
                     offset: block_at,

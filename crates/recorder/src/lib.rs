@@ -1,1 +1,21 @@
-//! recorder
+//! recorder: everything between a decoded packet and a stored, indexed, exportable recording.
+//!
+//! - [`sip`], [`sdp`], [`rtp`], [`tcp`]: protocol views and stream framing.
+//! - [`engine`]: the sans-IO call assembler that turns packets into call events.
+//! - [`store`]: encrypted recording files, keys, and the [`index`] in SQLite.
+//! - [`export`] and [`codec`]: turning a recording back into audio.
+
+pub mod codec;
+pub mod engine;
+pub mod export;
+pub mod memsink;
+pub mod model;
+pub mod rtp;
+pub mod sdp;
+pub mod sip;
+pub mod store;
+pub mod tcp;
+pub mod timefmt;
+
+pub use engine::{CallRef, Config, Engine, Sink};
+pub use model::{CallSummary, EndReason, Side};

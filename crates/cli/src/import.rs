@@ -1,0 +1,174 @@
+//! `callrec import`: capture files through the same decoder, engine and store as live capture.
+
+use std::collections::BTreeMap;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use capture_core::{CaptureReader, Decoded, Decoder, Ignored};
+use recorder::store::Store;
+use recorder::{Config, Engine};
+use serde_json::json;
+
+/// Counts bytes read, for the progress bar.
+struct Counting<R> {
+    inner: R,
+    pb: indicatif::ProgressBar,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pb.inc(n as u64);
+        Ok(n)
+    }
+}
+
+fn ignored_reason(i: Ignored) -> String {
+    match i {
+        Ignored::NotIp(et) => format!("not IP (ethertype/protocol {et:#06x})"),
+        Ignored::IpProtocol(p) => format!("IP protocol {p} (not UDP/TCP)"),
+        Ignored::LinkType(l) => format!("unsupported link type {l}"),
+        Ignored::FragmentHeld => "IP fragment (held for reassembly)".into(),
+        Ignored::NestedFragment => "fragment inside a reassembled datagram".into(),
+        Ignored::FragmentDropped => "IP fragment refused by reassembly limits".into(),
+        Ignored::GtpControl => "GTP-U signalling".into(),
+    }
+}
+
+pub fn run(dir: &Path, files: &[PathBuf], json_out: bool, user: &str) -> Result<ExitCode> {
+    let mut store = Store::open(dir)?;
+    let mut failed = 0;
+    let mut summaries = Vec::new();
+    for path in files {
+        match import_one(&mut store, path) {
+            Ok(s) => {
+                store.index.audit(user, "import", &path.display().to_string(), &format!("{} calls", s["calls"]))?;
+                if !json_out {
+                    print_summary(&s);
+                }
+                summaries.push(s);
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("callrec: error: {}: {e:#}", path.display());
+                summaries.push(json!({"file": path.display().to_string(), "error": format!("{e:#}")}));
+            }
+        }
+    }
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&summaries)?);
+    }
+    Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn import_one(store: &mut Store, path: &Path) -> Result<serde_json::Value> {
+    let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("cannot open: {e}"))?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let pb = crate::progress_bar(len, &path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    let mut reader = CaptureReader::new(BufReader::with_capacity(1 << 20, Counting { inner: f, pb: pb.clone() }))?;
+    let mut decoder = Decoder::default();
+    let mut engine = Engine::new(Config::default());
+    let mut sink = store.recorder()?;
+    let mut skipped: BTreeMap<String, u64> = BTreeMap::new();
+    let mut malformed: BTreeMap<String, u64> = BTreeMap::new();
+    let mut frames = 0u64;
+    let mut read_error = None;
+    let mut last_ts = i64::MIN;
+    let mut time_went_back = 0u64;
+    loop {
+        let frame = match reader.next_frame() {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                read_error = Some(e.to_string());
+                break;
+            }
+        };
+        frames += 1;
+        let ts = frame.ts_ns;
+        if ts < last_ts {
+            time_went_back += 1;
+        }
+        last_ts = last_ts.max(ts);
+        match decoder.decode(ts, frame.linktype, frame.data) {
+            Ok(Decoded::Packet(p)) => engine.handle(&p, ts, &mut sink),
+            Ok(Decoded::Ignored(i)) => *skipped.entry(ignored_reason(i)).or_default() += 1,
+            Err(e) => *malformed.entry(format!("frame decode: {e}")).or_default() += 1,
+        }
+        sink.tick(last_ts);
+    }
+    engine.finish(&mut sink);
+    sink.flush();
+    pb.finish_and_clear();
+    let st = engine.stats().clone();
+    for (why, n) in &st.sip_malformed {
+        *malformed.entry(format!("SIP: {why}")).or_default() += n;
+    }
+    if st.unmatched_udp > 0 {
+        *skipped.entry("UDP not SIP and not media of a known call".into()).or_default() += st.unmatched_udp;
+    }
+    if st.unmatched_tcp > 0 {
+        *skipped.entry("TCP not SIP".into()).or_default() += st.unmatched_tcp;
+    }
+    if st.sip_ignored > 0 {
+        *skipped.entry("SIP outside any call (REGISTER, OPTIONS, …)".into()).or_default() += st.sip_ignored;
+    }
+    let errors = std::mem::take(&mut sink.errors);
+    let recorded = sink.recorded;
+    drop(sink);
+    Ok(json!({
+        "file": path.display().to_string(),
+        "frames": frames,
+        "calls": st.calls_started,
+        "recorded": recorded,
+        "calls_refused": st.calls_refused,
+        "sip_messages": st.sip_messages,
+        "sip_duplicates": st.sip_duplicates,
+        "rtp_packets": st.rtp_packets,
+        "rtp_duplicates": st.rtp_duplicates,
+        "rtcp_packets": st.rtcp_packets,
+        "skipped": skipped,
+        "malformed": malformed,
+        "timestamps_out_of_order": time_went_back,
+        "read_error": read_error,
+        "store_errors": errors,
+    }))
+}
+
+fn print_summary(s: &serde_json::Value) {
+    println!(
+        "{}: {} frames, {} calls ({} recorded), {} SIP messages ({} duplicates), {} RTP packets ({} duplicates), {} RTCP",
+        s["file"].as_str().unwrap_or("?"),
+        s["frames"],
+        s["calls"],
+        s["recorded"],
+        s["sip_messages"],
+        s["sip_duplicates"],
+        s["rtp_packets"],
+        s["rtp_duplicates"],
+        s["rtcp_packets"]
+    );
+    for (key, label) in [("skipped", "skipped"), ("malformed", "malformed")] {
+        if let Some(m) = s[key].as_object() {
+            let total: u64 = m.values().filter_map(|v| v.as_u64()).sum();
+            println!("  {label}: {total}");
+            for (why, n) in m {
+                println!("    {n:>7}  {why}");
+            }
+        }
+    }
+    if let Some(e) = s["read_error"].as_str() {
+        println!("  warning: {e}; everything before it was imported");
+    }
+    if s["timestamps_out_of_order"].as_u64().unwrap_or(0) > 0 {
+        println!("  note: {} frames have timestamps earlier than a previous frame", s["timestamps_out_of_order"]);
+    }
+    if let Some(errs) = s["store_errors"].as_array().filter(|a| !a.is_empty()) {
+        println!("  STORE ERRORS: {}", errs.len());
+        for e in errs.iter().take(10) {
+            println!("    {}", e.as_str().unwrap_or("?"));
+        }
+    }
+}

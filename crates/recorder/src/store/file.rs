@@ -1,0 +1,449 @@
+//! The recording file: a fixed 256-byte header, then authenticated encrypted chunks.
+//!
+//! ```text
+//! header  magic "CRECv1\0\0" | version u16 | header_len u16 | flags u32 | file_id [16] | created_ns i64
+//!         | key_id [8] | ephemeral X25519 public [32] | wrapped data key [48] | zero padding to 256
+//! chunk   ciphertext_len u32 LE | ChaCha20-Poly1305(data key, nonce = index u64 LE ‖ final u32 LE,
+//!                                                   aad = file_id) of a run of records
+//! ```
+//! The nonce carries the chunk's position and whether it is the last one, so reordered, dropped or
+//! truncated chunks fail authentication and a recording without its final chunk is known to be
+//! incomplete. Chunks are flushed at least once per second of capture time, so a crash loses at most
+//! the last second. Only the header names the key, so key rotation rewrites 256 bytes per file.
+//!
+//! Records inside chunks (all little-endian):
+//! `1` RTP: stream u8, side u8, ts_ns i64, len u16, raw RTP packet
+//! `2` payload types: side u8, count u8, then (pt u8, clock u32, name_len u8, name)…
+//! `3` call summary: len u32, JSON
+//! `4` start: ts_ns i64, call_id_len u16, call_id
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
+use md5::{Digest, Md5};
+use rand_core::{OsRng, RngCore};
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+use super::keys::{KeyError, KeyId, PrivateStoreKey, PublicStoreKey};
+use crate::model::{CallSummary, Side};
+
+pub const MAGIC: &[u8; 8] = b"CRECv1\0\0";
+pub const HEADER_LEN: usize = 256;
+const VERSION: u16 = 1;
+/// Flush a chunk when this much plaintext is pending.
+const CHUNK_TARGET: usize = 60 * 1024;
+/// Largest chunk a reader accepts.
+const MAX_CHUNK: usize = 1 << 20;
+/// Flush at least this often in capture time.
+const FLUSH_NS: i64 = 1_000_000_000;
+
+#[derive(Debug, Error)]
+pub enum FileError {
+    #[error("I/O error on {path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("{path}: not a callrec recording ({why})")]
+    NotRecording { path: String, why: &'static str },
+    #[error("{path}: chunk {chunk} at byte {offset} failed authentication (altered, reordered or from another file)")]
+    Tampered { path: String, chunk: u64, offset: u64 },
+    #[error("{path}: chunk {chunk} at byte {offset} is cut short (file truncated)")]
+    Truncated { path: String, chunk: u64, offset: u64 },
+    #[error("{path}: chunk {chunk} at byte {offset} has an impossible length {len}")]
+    BadChunk { path: String, chunk: u64, offset: u64, len: u64 },
+    #[error("{path}: data after the final chunk at byte {offset}")]
+    TrailingData { path: String, offset: u64 },
+    #[error("{path}: record {what} is malformed in chunk {chunk}")]
+    BadRecord { path: String, chunk: u64, what: &'static str },
+    #[error("{path}: {source}")]
+    Key { path: String, source: KeyError },
+}
+
+/// The parsed fixed header.
+#[derive(Debug, Clone)]
+pub struct Header {
+    pub file_id: [u8; 16],
+    pub created_ns: i64,
+    pub key_id: KeyId,
+    pub eph_pub: [u8; 32],
+    pub wrapped: [u8; 48],
+}
+
+impl Header {
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[..8].copy_from_slice(MAGIC);
+        h[8..10].copy_from_slice(&VERSION.to_le_bytes());
+        h[10..12].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
+        h[16..32].copy_from_slice(&self.file_id);
+        h[32..40].copy_from_slice(&self.created_ns.to_le_bytes());
+        h[40..48].copy_from_slice(&self.key_id);
+        h[48..80].copy_from_slice(&self.eph_pub);
+        h[80..128].copy_from_slice(&self.wrapped);
+        h
+    }
+
+    pub fn decode(h: &[u8], path: &str) -> Result<Header, FileError> {
+        let bad = |why| FileError::NotRecording { path: path.to_string(), why };
+        if h.len() < HEADER_LEN || &h[..8] != MAGIC {
+            return Err(bad("bad magic"));
+        }
+        if u16::from_le_bytes([h[8], h[9]]) != VERSION || u16::from_le_bytes([h[10], h[11]]) as usize != HEADER_LEN {
+            return Err(bad("unsupported version"));
+        }
+        if h[12..16] != [0; 4] || h[128..HEADER_LEN].iter().any(|&b| b != 0) {
+            return Err(bad("reserved header bytes are not zero"));
+        }
+        Ok(Header {
+            file_id: h[16..32].try_into().unwrap(),
+            created_ns: i64::from_le_bytes(h[32..40].try_into().unwrap()),
+            key_id: h[40..48].try_into().unwrap(),
+            eph_pub: h[48..80].try_into().unwrap(),
+            wrapped: h[80..128].try_into().unwrap(),
+        })
+    }
+}
+
+fn nonce(index: u64, last: bool) -> Nonce {
+    let mut n = [0u8; 12];
+    n[..8].copy_from_slice(&index.to_le_bytes());
+    n[8..].copy_from_slice(&(last as u32).to_le_bytes());
+    *Nonce::from_slice(&n)
+}
+
+/// Writes one recording. Plaintext exists only in `pending`, in memory.
+pub struct RecordingWriter {
+    file: File,
+    path: String,
+    cipher: ChaCha20Poly1305,
+    file_id: [u8; 16],
+    chunk: u64,
+    pending: Vec<u8>,
+    pending_since: Option<i64>,
+    md5: Md5,
+    bytes: u64,
+}
+
+/// What a finished recording is: its size and MD5 watermark.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub bytes: u64,
+    pub md5: String,
+}
+
+impl RecordingWriter {
+    /// Creates the file (must not exist) and writes its header.
+    pub fn create(path: &Path, key: &PublicStoreKey, created_ns: i64) -> Result<Self, FileError> {
+        let p = path.display().to_string();
+        let io = |source| FileError::Io { path: p.clone(), source };
+        let mut file_id = [0u8; 16];
+        OsRng.fill_bytes(&mut file_id);
+        let mut dk = Zeroizing::new([0u8; 32]);
+        OsRng.fill_bytes(&mut *dk);
+        let (eph_pub, wrapped) = key.wrap(&dk, &file_id);
+        let header = Header { file_id, created_ns, key_id: key.id, eph_pub, wrapped }.encode();
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+        file.write_all(&header).map_err(io)?;
+        let mut md5 = Md5::new();
+        md5.update(header);
+        Ok(RecordingWriter {
+            file,
+            path: p,
+            cipher: ChaCha20Poly1305::new(Key::from_slice(&*dk)),
+            file_id,
+            chunk: 0,
+            pending: Vec::with_capacity(CHUNK_TARGET + 2048),
+            pending_since: None,
+            md5,
+            bytes: HEADER_LEN as u64,
+        })
+    }
+
+    pub fn file_id(&self) -> [u8; 16] {
+        self.file_id
+    }
+
+    fn note(&mut self, ts_ns: i64) -> Result<(), FileError> {
+        let since = *self.pending_since.get_or_insert(ts_ns);
+        if self.pending.len() >= CHUNK_TARGET || ts_ns - since >= FLUSH_NS {
+            self.flush_chunk(false)?;
+        }
+        Ok(())
+    }
+
+    pub fn start(&mut self, ts_ns: i64, call_id: &str) -> Result<(), FileError> {
+        let id = &call_id.as_bytes()[..call_id.len().min(u16::MAX as usize)];
+        self.pending.push(4);
+        self.pending.extend_from_slice(&ts_ns.to_le_bytes());
+        self.pending.extend_from_slice(&(id.len() as u16).to_le_bytes());
+        self.pending.extend_from_slice(id);
+        self.note(ts_ns)
+    }
+
+    /// Appends one RTP packet. No allocation unless the chunk buffer must grow past its size.
+    pub fn rtp(&mut self, stream: u8, side: Side, ts_ns: i64, rtp: &[u8]) -> Result<(), FileError> {
+        let rtp = &rtp[..rtp.len().min(u16::MAX as usize)];
+        self.pending.push(1);
+        self.pending.push(stream);
+        self.pending.push(side as u8);
+        self.pending.extend_from_slice(&ts_ns.to_le_bytes());
+        self.pending.extend_from_slice(&(rtp.len() as u16).to_le_bytes());
+        self.pending.extend_from_slice(rtp);
+        self.note(ts_ns)
+    }
+
+    pub fn payload_types(&mut self, side: Side, map: &[(u8, &str, u32)]) -> Result<(), FileError> {
+        let n = map.len().min(255);
+        self.pending.push(2);
+        self.pending.push(side as u8);
+        self.pending.push(n as u8);
+        for (pt, name, clock) in &map[..n] {
+            let name = &name.as_bytes()[..name.len().min(255)];
+            self.pending.push(*pt);
+            self.pending.extend_from_slice(&clock.to_le_bytes());
+            self.pending.push(name.len() as u8);
+            self.pending.extend_from_slice(name);
+        }
+        Ok(())
+    }
+
+    /// Flushes pending records as a chunk if the flush interval passed (call on a timer).
+    pub fn tick(&mut self, now_ns: i64) -> Result<(), FileError> {
+        if let Some(since) = self.pending_since
+            && now_ns - since >= FLUSH_NS
+        {
+            self.flush_chunk(false)?;
+        }
+        Ok(())
+    }
+
+    fn flush_chunk(&mut self, last: bool) -> Result<(), FileError> {
+        if self.pending.is_empty() && !last {
+            return Ok(());
+        }
+        let tag: Tag = self
+            .cipher
+            .encrypt_in_place_detached(&nonce(self.chunk, last), &self.file_id, &mut self.pending)
+            .map_err(|_| FileError::BadRecord { path: self.path.clone(), chunk: self.chunk, what: "too large" })?;
+        let len = (self.pending.len() + 16) as u32;
+        let io = |source| FileError::Io { path: self.path.clone(), source };
+        let mut head = [0u8; 4];
+        head.copy_from_slice(&len.to_le_bytes());
+        self.file.write_all(&head).map_err(io)?;
+        self.file.write_all(&self.pending).map_err(io)?;
+        self.file.write_all(&tag).map_err(io)?;
+        self.md5.update(head);
+        self.md5.update(&self.pending);
+        self.md5.update(tag);
+        self.bytes += 4 + len as u64;
+        self.chunk += 1;
+        self.pending.clear();
+        self.pending_since = None;
+        Ok(())
+    }
+
+    /// Writes the call summary and the final chunk, syncs, and returns the MD5 watermark.
+    pub fn finish(mut self, summary: &CallSummary) -> Result<Finished, FileError> {
+        let json = serde_json::to_vec(summary).expect("summary serialises");
+        self.pending.push(3);
+        self.pending.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        self.pending.extend_from_slice(&json);
+        if self.pending.len() > CHUNK_TARGET {
+            self.flush_chunk(false)?;
+        }
+        self.flush_chunk(true)?;
+        self.file.sync_data().map_err(|source| FileError::Io { path: self.path.clone(), source })?;
+        let md5 = self.md5.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Finished { bytes: self.bytes, md5 })
+    }
+}
+
+/// A decoded record.
+#[derive(Debug, Clone)]
+pub enum Record {
+    Start { ts_ns: i64, call_id: String },
+    Rtp { stream: u8, side: Side, ts_ns: i64, rtp: Vec<u8> },
+    PayloadTypes { side: Side, map: Vec<(u8, String, u32)> },
+    Summary(Box<CallSummary>),
+}
+
+/// What reading a whole recording found.
+#[derive(Debug, Default)]
+pub struct Contents {
+    pub records: Vec<Record>,
+    /// False when the final chunk is missing (capture interrupted before the call ended).
+    pub complete: bool,
+    pub chunks: u64,
+}
+
+/// MD5 of a file, hex.
+pub fn md5_file(path: &Path) -> Result<String, FileError> {
+    let mut f = File::open(path).map_err(|source| FileError::Io { path: path.display().to_string(), source })?;
+    let mut h = Md5::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(|source| FileError::Io { path: path.display().to_string(), source })?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Reads the header only.
+pub fn read_header(path: &Path) -> Result<Header, FileError> {
+    let p = path.display().to_string();
+    let mut f = File::open(path).map_err(|source| FileError::Io { path: p.clone(), source })?;
+    let mut h = [0u8; HEADER_LEN];
+    f.read_exact(&mut h).map_err(|_| FileError::NotRecording { path: p.clone(), why: "shorter than a header" })?;
+    Header::decode(&h, &p)
+}
+
+/// Rewrites the header in place (key rotation). The caller re-computes the MD5 watermark.
+pub fn rewrite_header(path: &Path, header: &Header) -> Result<(), FileError> {
+    let p = path.display().to_string();
+    let io = |source| FileError::Io { path: p.clone(), source };
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).map_err(io)?;
+    f.seek(SeekFrom::Start(0)).map_err(io)?;
+    f.write_all(&header.encode()).map_err(io)?;
+    f.sync_data().map_err(io)
+}
+
+/// Checks the chunk framing without any key: lengths are sane and the file ends on a chunk boundary.
+/// Returns the number of chunks.
+pub fn check_structure(path: &Path) -> Result<u64, FileError> {
+    walk_chunks(path, |_, _, _| Ok(()))
+}
+
+fn walk_chunks(
+    path: &Path,
+    mut f: impl FnMut(u64, u64, &mut Vec<u8>) -> Result<(), FileError>,
+) -> Result<u64, FileError> {
+    let p = path.display().to_string();
+    let data = std::fs::read(path).map_err(|source| FileError::Io { path: p.clone(), source })?;
+    Header::decode(&data, &p)?;
+    let mut at = HEADER_LEN;
+    let mut index = 0u64;
+    let mut buf = Vec::new();
+    while at < data.len() {
+        let Some(lenb) = data.get(at..at + 4) else {
+            return Err(FileError::Truncated { path: p, chunk: index, offset: at as u64 });
+        };
+        let len = u32::from_le_bytes(lenb.try_into().unwrap()) as usize;
+        if !(16..=MAX_CHUNK).contains(&len) {
+            return Err(FileError::BadChunk { path: p, chunk: index, offset: at as u64, len: len as u64 });
+        }
+        let Some(body) = data.get(at + 4..at + 4 + len) else {
+            return Err(FileError::Truncated { path: p, chunk: index, offset: at as u64 });
+        };
+        buf.clear();
+        buf.extend_from_slice(body);
+        f(index, at as u64, &mut buf)?;
+        at += 4 + len;
+        index += 1;
+    }
+    Ok(index)
+}
+
+/// Decrypts and authenticates every chunk, returning the records.
+pub fn read_recording(path: &Path, key: &PrivateStoreKey) -> Result<Contents, FileError> {
+    let p = path.display().to_string();
+    let header = read_header(path)?;
+    let dk = key
+        .unwrap_key(&header.key_id, &header.eph_pub, &header.wrapped, &header.file_id)
+        .map_err(|source| FileError::Key { path: p.clone(), source })?;
+    let cipher = ChaCha20Poly1305::new(Key::from_slice(&*dk));
+    let mut out = Contents::default();
+    let mut final_seen_at: Option<u64> = None;
+    let mut records = Vec::new();
+    let chunks = walk_chunks(path, |index, offset, buf| {
+        if final_seen_at.is_some() {
+            return Err(FileError::TrailingData { path: p.clone(), offset });
+        }
+        let split = buf.len() - 16;
+        let tag = Tag::clone_from_slice(&buf[split..]);
+        buf.truncate(split);
+        let mut ok_last = None;
+        for last in [false, true] {
+            let mut attempt = buf.clone();
+            if cipher.decrypt_in_place_detached(&nonce(index, last), &header.file_id, &mut attempt, &tag).is_ok() {
+                *buf = attempt;
+                ok_last = Some(last);
+                break;
+            }
+        }
+        let Some(last) = ok_last else {
+            return Err(FileError::Tampered { path: p.clone(), chunk: index, offset });
+        };
+        if last {
+            final_seen_at = Some(offset);
+        }
+        parse_records(buf, index, &p, &mut records)
+    })?;
+    out.records = records;
+    out.complete = final_seen_at.is_some();
+    out.chunks = chunks;
+    Ok(out)
+}
+
+fn parse_records(mut b: &[u8], chunk: u64, path: &str, out: &mut Vec<Record>) -> Result<(), FileError> {
+    let bad = |what| FileError::BadRecord { path: path.to_string(), chunk, what };
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (h, t) = (b.get(..n)?, b.get(n..)?);
+        *b = t;
+        Some(h)
+    }
+    let side = |v: u8| if v == 0 { Side::Caller } else { Side::Callee };
+    while let Some(&kind) = b.first() {
+        b = &b[1..];
+        match kind {
+            1 => {
+                let h = take(&mut b, 12).ok_or_else(|| bad("rtp"))?;
+                let len = u16::from_le_bytes([h[10], h[11]]) as usize;
+                let rtp = take(&mut b, len).ok_or_else(|| bad("rtp"))?.to_vec();
+                out.push(Record::Rtp {
+                    stream: h[0],
+                    side: side(h[1]),
+                    ts_ns: i64::from_le_bytes(h[2..10].try_into().unwrap()),
+                    rtp,
+                });
+            }
+            2 => {
+                let h = take(&mut b, 2).ok_or_else(|| bad("payload types"))?;
+                let mut map = Vec::new();
+                for _ in 0..h[1] {
+                    let e = take(&mut b, 6).ok_or_else(|| bad("payload types"))?;
+                    let name = take(&mut b, e[5] as usize).ok_or_else(|| bad("payload types"))?;
+                    map.push((
+                        e[0],
+                        String::from_utf8_lossy(name).into_owned(),
+                        u32::from_le_bytes(e[1..5].try_into().unwrap()),
+                    ));
+                }
+                out.push(Record::PayloadTypes { side: side(h[0]), map });
+            }
+            3 => {
+                let h = take(&mut b, 4).ok_or_else(|| bad("summary"))?;
+                let len = u32::from_le_bytes(h.try_into().unwrap()) as usize;
+                let json = take(&mut b, len).ok_or_else(|| bad("summary"))?;
+                let s: CallSummary = serde_json::from_slice(json).map_err(|_| bad("summary"))?;
+                out.push(Record::Summary(Box::new(s)));
+            }
+            4 => {
+                let h = take(&mut b, 10).ok_or_else(|| bad("start"))?;
+                let len = u16::from_le_bytes([h[8], h[9]]) as usize;
+                let id = take(&mut b, len).ok_or_else(|| bad("start"))?;
+                out.push(Record::Start {
+                    ts_ns: i64::from_le_bytes(h[..8].try_into().unwrap()),
+                    call_id: String::from_utf8_lossy(id).into_owned(),
+                });
+            }
+            _ => return Err(bad("type")),
+        }
+    }
+    Ok(())
+}

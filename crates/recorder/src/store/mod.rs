@@ -1,0 +1,303 @@
+//! The recording store on disk: keys, encrypted recording files and the index, and the [`Sink`]
+//! that writes calls into it.
+//!
+//! ```text
+//! STORE/keys/current.pub            public key capture encrypts for
+//! STORE/keys/<key-id>.sealed        private key, sealed under the passphrase
+//! STORE/recordings/YYYY/MM/DD/<file-id>.crec
+//! STORE/index.sqlite (+ -wal)       the index and the audit table
+//! ```
+
+pub mod file;
+pub mod index;
+pub mod keys;
+pub mod query;
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::engine::{CallRef, Sink};
+use crate::model::{CallSummary, Side};
+use file::{FileError, RecordingWriter};
+use index::{Index, IndexError};
+use keys::{KeyError, PrivateStoreKey, PublicStoreKey};
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error(
+        "{path} is not a callrec store (no keys/current.pub); create it with `callrec --store {path} init --passphrase-file FILE`"
+    )]
+    NotAStore { path: String },
+    #[error("{path} already holds a callrec store; refusing to overwrite its keys")]
+    Exists { path: String },
+    #[error("cannot create {path}: {source}")]
+    Create { path: String, source: std::io::Error },
+    #[error("no call with id {0} in the index")]
+    NoSuchCall(i64),
+    #[error("cannot remove {path}: {source}")]
+    Remove { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    File(#[from] FileError),
+}
+
+pub struct Store {
+    root: PathBuf,
+    pub index: Index,
+}
+
+/// The outcome of verifying one recording.
+#[derive(Debug)]
+pub enum Verdict {
+    Ok {
+        chunks: u64,
+        authenticated: bool,
+    },
+    /// Still being recorded, or capture was interrupted before the call ended.
+    Incomplete {
+        why: String,
+    },
+    Damaged {
+        why: String,
+    },
+}
+
+impl Store {
+    pub fn init(root: &Path, passphrase: &[u8]) -> Result<Store, StoreError> {
+        let keys_dir = root.join("keys");
+        if keys_dir.join("current.pub").exists() {
+            return Err(StoreError::Exists { path: root.display().to_string() });
+        }
+        for d in [root.to_path_buf(), keys_dir.clone(), root.join("recordings")] {
+            std::fs::create_dir_all(&d)
+                .map_err(|source| StoreError::Create { path: d.display().to_string(), source })?;
+        }
+        let (public, sealed) = keys::generate(passphrase)?;
+        keys::write_private(&keys_dir.join(format!("{}.sealed", keys::key_id_hex(&public.id))), &sealed)?;
+        keys::write_private(&keys_dir.join("current.pub"), &public.to_bytes())?;
+        let index = Index::open(&root.join("index.sqlite"))?;
+        Ok(Store { root: root.to_path_buf(), index })
+    }
+
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        if !root.join("keys").join("current.pub").exists() {
+            return Err(StoreError::NotAStore { path: root.display().to_string() });
+        }
+        let index = Index::open(&root.join("index.sqlite"))?;
+        Ok(Store { root: root.to_path_buf(), index })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn public_key(&self) -> Result<PublicStoreKey, StoreError> {
+        Ok(PublicStoreKey::load(&self.root.join("keys").join("current.pub"))?)
+    }
+
+    /// Unseals the current private key.
+    pub fn private_key(&self, passphrase: &[u8]) -> Result<PrivateStoreKey, StoreError> {
+        let id = self.public_key()?.id;
+        let path = self.root.join("keys").join(format!("{}.sealed", keys::key_id_hex(&id)));
+        Ok(PrivateStoreKey::unseal(&path, passphrase)?)
+    }
+
+    pub fn abs(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// A sink that records into this store.
+    pub fn recorder(&mut self) -> Result<StoreSink<'_>, StoreError> {
+        let key = self.public_key()?;
+        Ok(StoreSink { store: self, key, open: Vec::new(), errors: Vec::new(), recorded: 0, last_tick: i64::MIN })
+    }
+
+    /// Removes a recording and every index row about it.
+    pub fn delete(&mut self, id: i64) -> Result<String, StoreError> {
+        let Some((rel, md5, _)) = self.index.file_of(id)? else { return Err(StoreError::NoSuchCall(id)) };
+        let path = self.abs(&rel);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(StoreError::Remove { path: path.display().to_string(), source }),
+        }
+        self.index.delete_call(id)?;
+        Ok(md5.unwrap_or_default())
+    }
+
+    /// Checks a recording: MD5 watermark against the index and chunk framing always; with the
+    /// private key also every chunk's authentication tag and the final-chunk marker.
+    pub fn verify(&self, id: i64, key: Option<&PrivateStoreKey>) -> Result<Verdict, StoreError> {
+        let Some((rel, md5, status)) = self.index.file_of(id)? else { return Err(StoreError::NoSuchCall(id)) };
+        let path = self.abs(&rel);
+        if !path.exists() {
+            return Ok(Verdict::Damaged { why: format!("{} is missing", path.display()) });
+        }
+        if status != "complete" {
+            return Ok(Verdict::Incomplete { why: format!("status {status}: recording was not finished") });
+        }
+        let actual = file::md5_file(&path)?;
+        if md5.as_deref() != Some(actual.as_str()) {
+            return Ok(Verdict::Damaged {
+                why: format!("MD5 watermark mismatch: index {} file {actual}", md5.unwrap_or_else(|| "none".into())),
+            });
+        }
+        let chunks = match file::check_structure(&path) {
+            Ok(n) => n,
+            Err(e) => return Ok(Verdict::Damaged { why: e.to_string() }),
+        };
+        if let Some(k) = key {
+            match file::read_recording(&path, k) {
+                Ok(c) if c.complete => {}
+                Ok(_) => return Ok(Verdict::Damaged { why: "final chunk missing (file truncated)".into() }),
+                Err(e) => return Ok(Verdict::Damaged { why: e.to_string() }),
+            }
+        }
+        Ok(Verdict::Ok { chunks, authenticated: key.is_some() })
+    }
+}
+
+struct OpenRecording {
+    uid: u64,
+    writer: RecordingWriter,
+    row: i64,
+    rel: String,
+}
+
+/// Writes calls from the engine into the store. Errors (disk full, …) are collected, never panics.
+pub struct StoreSink<'a> {
+    store: &'a mut Store,
+    key: PublicStoreKey,
+    open: Vec<Option<OpenRecording>>,
+    pub errors: Vec<String>,
+    pub recorded: u64,
+    last_tick: i64,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl StoreSink<'_> {
+    fn slot(&mut self, call: CallRef) -> Option<&mut OpenRecording> {
+        self.open.get_mut(call.slot as usize)?.as_mut().filter(|r| r.uid == call.uid)
+    }
+
+    fn note_err(&mut self, e: impl std::fmt::Display) {
+        if self.errors.len() < 1000 {
+            self.errors.push(e.to_string());
+        }
+    }
+
+    /// Periodic work in capture time: flush chunks older than a second, commit the index batch.
+    pub fn tick(&mut self, now_ns: i64) {
+        if now_ns.saturating_sub(self.last_tick) < 1_000_000_000 {
+            return;
+        }
+        self.last_tick = now_ns;
+        let mut errs = Vec::new();
+        for r in self.open.iter_mut().flatten() {
+            if let Err(e) = r.writer.tick(now_ns) {
+                errs.push(e.to_string());
+            }
+        }
+        for e in errs {
+            self.note_err(e);
+        }
+        if let Err(e) = self.store.index.commit() {
+            self.note_err(e);
+        }
+    }
+
+    /// Commits the index batch. Call when the input ends.
+    pub fn flush(&mut self) {
+        if let Err(e) = self.store.index.commit() {
+            self.note_err(e);
+        }
+    }
+}
+
+impl Sink for StoreSink<'_> {
+    fn call_started(&mut self, call: CallRef, call_id: &str, start_ns: i64) {
+        let day = crate::timefmt::rfc3339_ms(start_ns);
+        let (y, m, d) = (&day[..4], &day[5..7], &day[8..10]);
+        let dir_rel = format!("recordings/{y}/{m}/{d}");
+        let dir = self.store.abs(&dir_rel);
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            return self.note_err(format!("cannot create {}: {e}", dir.display()));
+        }
+        // The file id is random; create under a temporary unique name then use the id for the name.
+        let mut tmp_id = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut tmp_id);
+        let rel = format!("{dir_rel}/{}.crec", hex(&tmp_id));
+        let mut writer = match RecordingWriter::create(&self.store.abs(&rel), &self.key, start_ns) {
+            Ok(w) => w,
+            Err(e) => return self.note_err(e),
+        };
+        if let Err(e) = writer.start(start_ns, call_id) {
+            self.note_err(e);
+        }
+        let row = match self.store.index.insert_started(&hex(&writer.file_id()), call_id, start_ns, &rel) {
+            Ok(r) => r,
+            Err(e) => return self.note_err(e),
+        };
+        let slot = call.slot as usize;
+        if self.open.len() <= slot {
+            self.open.resize_with(slot + 1, || None);
+        }
+        self.open[slot] = Some(OpenRecording { uid: call.uid, writer, row, rel });
+        if self.store.index.pending_writes() >= 2000 {
+            let r = self.store.index.commit();
+            if let Err(e) = r {
+                self.note_err(e);
+            }
+        }
+    }
+
+    fn payload_types(&mut self, call: CallRef, side: Side, map: &[(u8, &str, u32)]) {
+        if let Some(r) = self.slot(call)
+            && let Err(e) = r.writer.payload_types(side, map)
+        {
+            self.note_err(e);
+        }
+    }
+
+    fn media(&mut self, call: CallRef, stream: u8, side: Side, ts_ns: i64, rtp: &[u8]) {
+        if let Some(r) = self.slot(call)
+            && let Err(e) = r.writer.rtp(stream, side, ts_ns, rtp)
+        {
+            self.note_err(e);
+        }
+    }
+
+    fn call_ended(&mut self, call: CallRef, summary: CallSummary) {
+        let Some(r) = self.open.get_mut(call.slot as usize).and_then(Option::take) else { return };
+        if r.uid != call.uid {
+            return;
+        }
+        match r.writer.finish(&summary) {
+            Ok(done) => {
+                if let Err(e) = self.store.index.complete(r.row, &summary, &done.md5, done.bytes) {
+                    self.note_err(e);
+                }
+                self.recorded += 1;
+            }
+            Err(e) => self.note_err(format!("{}: {e}", r.rel)),
+        }
+        if self.store.index.pending_writes() >= 2000
+            && let Err(e) = self.store.index.commit()
+        {
+            self.note_err(e);
+        }
+    }
+}
+
+impl Drop for StoreSink<'_> {
+    fn drop(&mut self) {
+        let _ = self.store.index.commit();
+    }
+}
