@@ -2,13 +2,12 @@
 //!
 //! A mirror port sees everything the switch sees, so tunnels and stacked headers are normal, not
 //! exotic: 802.1Q/QinQ, PPPoE, MPLS, GRE (incl. PPTP), ERSPAN I/II/III, IP-in-IP, VXLAN and GTP-U
-//! are peeled here. IP headers (IPv4 options, IPv6 extension headers) are sliced with etherparse;
+//! are peeled here. IP headers (IPv4 options, IPv6 extension headers) are parsed here too, bounds-checked;
 //! everything else is read in place. Decoding borrows the frame and allocates nothing, except when
 //! an IP fragment has to be held for reassembly (see [`crate::defrag`]).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use etherparse::{Ipv6ExtensionSlice, LaxIpSlice};
 use thiserror::Error;
 
 use crate::defrag::{Defrag, FragKey, FragOutcome};
@@ -242,46 +241,23 @@ impl Walk<'_> {
     }
 
     fn ip<'a>(&mut self, p: &'a [u8], depth: u8) -> Result<Step<'a>, DecodeError> {
-        let (ip, _ext_err) = match LaxIpSlice::from_slice(p) {
-            Ok(v) => v,
-            Err(_) => return err(if p.first().map(|b| b >> 4) == Some(6) { "ipv6" } else { "ipv4" }, "bad IP header"),
+        let ip = match p.first().map(|b| b >> 4) {
+            Some(4) => parse_ipv4(p)?,
+            Some(6) => parse_ipv6(p)?,
+            _ => return err("ip", "neither IPv4 nor IPv6"),
         };
-        let (src, dst) = (ip.source_addr(), ip.destination_addr());
-        let payload = ip.payload();
-        if payload.fragmented {
-            let (key, offset, more) = match &ip {
-                LaxIpSlice::Ipv4(v4) => {
-                    let h = v4.header();
-                    let key = FragKey { src, dst, id: h.identification() as u32, proto: h.protocol().0 };
-                    (key, h.fragments_offset().byte_offset() as usize, h.more_fragments())
-                }
-                LaxIpSlice::Ipv6(v6) => {
-                    let mut found = None;
-                    for ext in v6.extensions().clone() {
-                        if let Ipv6ExtensionSlice::Fragment(fh) = ext {
-                            found = Some((
-                                fh.identification(),
-                                fh.fragment_offset().byte_offset() as usize,
-                                fh.more_fragments(),
-                            ));
-                        }
-                    }
-                    let Some((id, off, more)) = found else {
-                        return err("ipv6", "fragmented without a fragment header");
-                    };
-                    (FragKey { src, dst, id, proto: payload.ip_number.0 }, off, more)
-                }
-            };
+        if let Some(frag) = ip.frag {
+            let key = FragKey { src: ip.src, dst: ip.dst, id: frag.id, proto: ip.proto };
             let Some(defrag) = self.defrag.as_deref_mut() else {
                 return Ok(Step::Done(Decoded::Ignored(Ignored::NestedFragment)));
             };
-            return Ok(match defrag.insert(self.ts_ns, key, offset, more, payload.payload) {
+            return Ok(match defrag.insert(self.ts_ns, key, frag.offset, frag.more, ip.payload) {
                 FragOutcome::Held => Step::Done(Decoded::Ignored(Ignored::FragmentHeld)),
                 FragOutcome::Dropped => Step::Done(Decoded::Ignored(Ignored::FragmentDropped)),
-                FragOutcome::Complete => Step::Reassembled { src, dst, proto: key.proto, depth },
+                FragOutcome::Complete => Step::Reassembled { src: ip.src, dst: ip.dst, proto: ip.proto, depth },
             });
         }
-        self.ip_payload(src, dst, payload.ip_number.0, payload.payload, depth)
+        self.ip_payload(ip.src, ip.dst, ip.proto, ip.payload, depth)
     }
 
     fn ip_payload<'a>(
@@ -416,6 +392,100 @@ impl Walk<'_> {
             et => self.ethertype(et, inner, depth + 1),
         }
     }
+}
+
+struct Frag {
+    id: u32,
+    offset: usize,
+    more: bool,
+}
+
+struct IpView<'a> {
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    payload: &'a [u8],
+    frag: Option<Frag>,
+}
+
+/// IPv4 header with options; the total length bounds the payload when it fits (captures may pad).
+fn parse_ipv4(p: &[u8]) -> Result<IpView<'_>, DecodeError> {
+    if p.len() < 20 {
+        return err("ipv4", "truncated header");
+    }
+    let ihl = (p[0] & 0x0f) as usize * 4;
+    if ihl < 20 || ihl > p.len() {
+        return err("ipv4", "bad header length");
+    }
+    let total = u16::from_be_bytes([p[2], p[3]]) as usize;
+    // A total length of 0 happens with TSO captures: take what was captured.
+    let end = if (ihl..=p.len()).contains(&total) { total } else { p.len() };
+    let flags_off = u16::from_be_bytes([p[6], p[7]]);
+    let more = flags_off & 0x2000 != 0;
+    let offset = (flags_off & 0x1fff) as usize * 8;
+    let frag = (more || offset != 0).then(|| Frag { id: u16::from_be_bytes([p[4], p[5]]) as u32, offset, more });
+    Ok(IpView {
+        src: IpAddr::V4(Ipv4Addr::new(p[12], p[13], p[14], p[15])),
+        dst: IpAddr::V4(Ipv4Addr::new(p[16], p[17], p[18], p[19])),
+        proto: p[9],
+        payload: &p[ihl..end],
+        frag,
+    })
+}
+
+/// IPv6 header and its extension-header chain (hop-by-hop, routing, destination options,
+/// fragment, authentication), bounds-checked at every step.
+fn parse_ipv6(p: &[u8]) -> Result<IpView<'_>, DecodeError> {
+    if p.len() < 40 {
+        return err("ipv6", "truncated header");
+    }
+    let plen = u16::from_be_bytes([p[4], p[5]]) as usize;
+    let end = if plen != 0 && 40 + plen <= p.len() { 40 + plen } else { p.len() };
+    let src = IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&p[8..24]).unwrap()));
+    let dst = IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&p[24..40]).unwrap()));
+    let mut next = p[6];
+    let mut at = 40;
+    let mut frag = None;
+    for _ in 0..16 {
+        match next {
+            0 | 43 | 60 => {
+                let h = p.get(at..at + 2).ok_or(DecodeError { layer: "ipv6", what: "truncated extension header" })?;
+                let len = (h[1] as usize + 1) * 8;
+                if at + len > end {
+                    return err("ipv6", "extension header longer than the packet");
+                }
+                next = h[0];
+                at += len;
+            }
+            44 => {
+                let h = p.get(at..at + 8).ok_or(DecodeError { layer: "ipv6", what: "truncated fragment header" })?;
+                let off = u16::from_be_bytes([h[2], h[3]]);
+                let more = off & 1 != 0;
+                let offset = (off >> 3) as usize * 8;
+                if more || offset != 0 {
+                    frag = Some(Frag { id: u32::from_be_bytes([h[4], h[5], h[6], h[7]]), offset, more });
+                }
+                next = h[0];
+                at += 8;
+            }
+            51 => {
+                let h = p.get(at..at + 2).ok_or(DecodeError { layer: "ipv6", what: "truncated AH header" })?;
+                let len = (h[1] as usize + 2) * 4;
+                if at + len > end {
+                    return err("ipv6", "AH header longer than the packet");
+                }
+                next = h[0];
+                at += len;
+            }
+            _ => {
+                if at > end {
+                    return err("ipv6", "headers longer than the packet");
+                }
+                return Ok(IpView { src, dst, proto: next, payload: &p[at..end], frag });
+            }
+        }
+    }
+    err("ipv6", "too many extension headers")
 }
 
 /// Handy for tests and generators: an IPv4 address from octets.

@@ -319,13 +319,19 @@ pub fn check_structure(path: &Path) -> Result<u64, FileError> {
     walk_chunks(path, |_, _, _| Ok(()))
 }
 
-fn walk_chunks(
-    path: &Path,
-    mut f: impl FnMut(u64, u64, &mut Vec<u8>) -> Result<(), FileError>,
-) -> Result<u64, FileError> {
+fn walk_chunks(path: &Path, f: impl FnMut(u64, u64, &mut Vec<u8>) -> Result<(), FileError>) -> Result<u64, FileError> {
     let p = path.display().to_string();
     let data = std::fs::read(path).map_err(|source| FileError::Io { path: p.clone(), source })?;
-    Header::decode(&data, &p)?;
+    walk_chunk_bytes(&data, &p, f)
+}
+
+fn walk_chunk_bytes(
+    data: &[u8],
+    p: &str,
+    mut f: impl FnMut(u64, u64, &mut Vec<u8>) -> Result<(), FileError>,
+) -> Result<u64, FileError> {
+    let p = p.to_string();
+    Header::decode(data, &p)?;
     let mut at = HEADER_LEN;
     let mut index = 0u64;
     let mut buf = Vec::new();
@@ -352,7 +358,14 @@ fn walk_chunks(
 /// Decrypts and authenticates every chunk, returning the records.
 pub fn read_recording(path: &Path, key: &PrivateStoreKey) -> Result<Contents, FileError> {
     let p = path.display().to_string();
-    let header = read_header(path)?;
+    let data = std::fs::read(path).map_err(|source| FileError::Io { path: p.clone(), source })?;
+    read_recording_bytes(&data, &p, key)
+}
+
+/// [`read_recording`] on bytes in memory (`name` is used in errors).
+pub fn read_recording_bytes(data: &[u8], name: &str, key: &PrivateStoreKey) -> Result<Contents, FileError> {
+    let p = name.to_string();
+    let header = Header::decode(data, &p)?;
     let dk = key
         .unwrap_key(&header.key_id, &header.eph_pub, &header.wrapped, &header.file_id)
         .map_err(|source| FileError::Key { path: p.clone(), source })?;
@@ -360,11 +373,11 @@ pub fn read_recording(path: &Path, key: &PrivateStoreKey) -> Result<Contents, Fi
     let mut out = Contents::default();
     let mut final_seen_at: Option<u64> = None;
     let mut records = Vec::new();
-    let chunks = walk_chunks(path, |index, offset, buf| {
+    let chunks = walk_chunk_bytes(data, name, |index, offset, buf| {
         if final_seen_at.is_some() {
             return Err(FileError::TrailingData { path: p.clone(), offset });
         }
-        let split = buf.len() - 16;
+        let split = buf.len().saturating_sub(16);
         let tag = Tag::clone_from_slice(&buf[split..]);
         buf.truncate(split);
         let mut ok_last = None;
