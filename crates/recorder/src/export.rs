@@ -41,6 +41,7 @@ struct StreamPackets {
 /// Rebuilds the audio of a recording from its records.
 pub fn render(records: &[Record]) -> Audio {
     let mut start_ns = None;
+    let mut end_ns = None;
     let mut pt_maps: [Vec<(u8, String, u32)>; 2] = [Vec::new(), Vec::new()];
     let mut streams: BTreeMap<u8, StreamPackets> = BTreeMap::new();
     for r in records {
@@ -54,7 +55,7 @@ pub fn render(records: &[Record]) -> Audio {
                     .packets
                     .push((*ts_ns, rtp.clone()));
             }
-            Record::Summary(_) => {}
+            Record::Summary(summary) => end_ns = Some(summary.end_ns),
         }
     }
     let codec_of = |sender: Side, pt: u8| -> (String, u32) {
@@ -151,7 +152,9 @@ pub fn render(records: &[Record]) -> Audio {
             ch[pos..end].copy_from_slice(&samples[..end - pos]);
         }
     }
-    let len = chans[0].len().max(chans[1].len());
+    // The audio lasts as long as the call, even when its last seconds carried no audio packets.
+    let call_len = end_ns.map_or(0, |e| ((e - start).max(0) as i128 * rate as i128 / 1_000_000_000) as usize).min(max_len);
+    let len = chans[0].len().max(chans[1].len()).max(call_len);
     let [mut left, mut right] = chans;
     left.resize(len, 0);
     right.resize(len, 0);
