@@ -153,7 +153,8 @@ pub fn render(records: &[Record]) -> Audio {
         }
     }
     // The audio lasts as long as the call, even when its last seconds carried no audio packets.
-    let call_len = end_ns.map_or(0, |e| ((e - start).max(0) as i128 * rate as i128 / 1_000_000_000) as usize).min(max_len);
+    let call_len =
+        end_ns.map_or(0, |e| ((e - start).max(0) as i128 * rate as i128 / 1_000_000_000) as usize).min(max_len);
     let len = chans[0].len().max(chans[1].len()).max(call_len);
     let [mut left, mut right] = chans;
     left.resize(len, 0);
