@@ -3,20 +3,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-
-fn field<'a>(c: &'a Value, k: &str) -> &'a Value {
-    &c[k]
-}
-
-fn by_call_id<'a>(calls: &'a [Value], needle: &str) -> &'a Value {
-    calls.iter().find(|c| c["call_id"].as_str().unwrap().contains(needle)).unwrap_or_else(|| panic!("no call {needle}"))
-}
 
 fn answered(calls: &[Value]) -> usize {
     calls.iter().filter(|c| !c["answer"].is_null()).count()
@@ -417,7 +408,4 @@ fn no_plaintext_audio_on_disk() {
             assert!(!contains(&data, &p[..32]), "{} holds a plaintext RTP payload", f.display());
         }
     }
-    let _ = Path::new("");
-    let _ = field;
-    let _ = by_call_id;
 }

@@ -230,7 +230,7 @@ impl Sink for StoreSink<'_> {
         if let Err(e) = std::fs::create_dir_all(&dir) {
             return self.note_err(format!("cannot create {}: {e}", dir.display()));
         }
-        // The file id is random; create under a temporary unique name then use the id for the name.
+        // File names are random and independent of anything about the call (no number leaks).
         let mut tmp_id = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut tmp_id);
         let rel = format!("{dir_rel}/{}.crec", hex(&tmp_id));
