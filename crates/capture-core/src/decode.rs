@@ -448,9 +448,10 @@ fn parse_ipv6(p: &[u8]) -> Result<IpView<'_>, DecodeError> {
     let mut frag = None;
     for _ in 0..16 {
         match next {
-            0 | 43 | 60 => {
+            // Hop-by-hop, routing, destination options (8-octet units) and AH (4-octet units).
+            0 | 43 | 60 | 51 => {
                 let h = p.get(at..at + 2).ok_or(DecodeError { layer: "ipv6", what: "truncated extension header" })?;
-                let len = (h[1] as usize + 1) * 8;
+                let len = if next == 51 { (h[1] as usize + 2) * 4 } else { (h[1] as usize + 1) * 8 };
                 if at + len > end {
                     return err("ipv6", "extension header longer than the packet");
                 }
@@ -467,15 +468,6 @@ fn parse_ipv6(p: &[u8]) -> Result<IpView<'_>, DecodeError> {
                 }
                 next = h[0];
                 at += 8;
-            }
-            51 => {
-                let h = p.get(at..at + 2).ok_or(DecodeError { layer: "ipv6", what: "truncated AH header" })?;
-                let len = (h[1] as usize + 2) * 4;
-                if at + len > end {
-                    return err("ipv6", "AH header longer than the packet");
-                }
-                next = h[0];
-                at += len;
             }
             _ => {
                 if at > end {

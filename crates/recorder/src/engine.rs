@@ -94,6 +94,8 @@ pub struct Stats {
     pub calls_ended: u64,
     pub calls_refused: u64,
     pub streams_refused: u64,
+    /// Media endpoints not bound because `max_media_endpoints` was reached.
+    pub endpoints_refused: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -130,6 +132,9 @@ struct Stream {
     dst: SocketAddr,
     last_event_ts: Option<u32>,
     rtcp: Option<(u8, u32)>,
+    /// The last payload type seen and what it means (is it telephone-event, its clock), so the
+    /// per-packet path does not search the payload-type maps. Cleared when SDP changes them.
+    pt_cache: Option<(u8, bool, Option<u32>)>,
 }
 
 struct Call {
@@ -168,12 +173,7 @@ impl Call {
     }
 
     fn codec(&self, receiver: Side, pt: u8) -> Option<(&str, u32)> {
-        self.pt_map[receiver.index()]
-            .iter()
-            .chain(self.pt_map[receiver.other().index()].iter())
-            .find(|(p, _, _)| *p == pt)
-            .map(|(_, c, r)| (&**c, *r))
-            .or_else(|| crate::sdp::static_rtpmap(pt))
+        crate::sdp::lookup_pt(&self.pt_map[receiver.index()], &self.pt_map[receiver.other().index()], pt)
     }
 }
 
@@ -235,7 +235,7 @@ impl Engine {
                 let dst = SocketAddr::new(pkt.dst, pkt.dport);
                 let mut msgs = std::mem::take(&mut self.tcp);
                 let known = msgs.segment((src, dst), seq, flags, pkt.payload, ts_ns, |bytes| {
-                    self.on_sip_bytes(bytes, true, src, dst, ts_ns, sink);
+                    self.on_sip_bytes(bytes, true, ts_ns, sink);
                 });
                 self.tcp = msgs;
                 if !known && !pkt.payload.is_empty() {
@@ -270,8 +270,25 @@ impl Engine {
         cands.iter().rev().find(|c| Some(c.uid) == other_uid).or(cands.last()).copied().unwrap_or(m)
     }
 
-    /// Binds an endpoint to a call, sharing it when another live call holds it too.
-    fn bind(&mut self, ep: (IpAddr, u16), r: MediaRef) {
+    /// Binds an endpoint to a call, sharing it when another live call holds it too, and remembers
+    /// it on the call so that ending the call unbinds it. Refused past the configured endpoint
+    /// limit; with `only_if_free` (latching) it never touches an endpoint that is already bound.
+    fn bind(&mut self, ep: (IpAddr, u16), r: MediaRef, only_if_free: bool) {
+        let taken = self.media.contains_key(&ep);
+        if only_if_free && taken {
+            return;
+        }
+        if !taken && self.media.len() >= self.cfg.max_media_endpoints {
+            self.stats.endpoints_refused += 1;
+            return;
+        }
+        let Some(Some(call)) = self.calls.get_mut(r.slot as usize) else { return };
+        if call.uid != r.uid {
+            return;
+        }
+        if !call.endpoints.contains(&ep) {
+            call.endpoints.push(ep);
+        }
         match self.media.get_mut(&ep) {
             Some(old) if old.uid != r.uid => {
                 let list = self.shared.entry(ep).or_default();
@@ -325,22 +342,14 @@ impl Engine {
             return self.on_media(m, m.receiver.other(), pkt, ts, sink);
         }
         if looks_like_sip(pkt.payload) {
-            let src = SocketAddr::new(pkt.src, pkt.sport);
-            let dst = SocketAddr::new(pkt.dst, pkt.dport);
-            return self.on_sip_bytes(pkt.payload, false, src, dst, ts, sink);
+            return self.on_sip_bytes(pkt.payload, false, ts, sink);
         }
         if let Some(m) = self.media.get(&(pkt.src, pkt.sport)).copied() {
             let m = self.resolve((pkt.src, pkt.sport), (pkt.dst, pkt.dport), m);
             // Symmetric RTP from a party's own SDP endpoint to an address we did not expect (NAT):
             // latch the destination as the other party's real receive address.
             let sender = m.receiver;
-            if self.media.len() < self.cfg.max_media_endpoints
-                && let Some(Some(call)) = self.calls.get_mut(m.slot as usize)
-                && call.uid == m.uid
-            {
-                call.endpoints.push((pkt.dst, pkt.dport));
-                self.media.insert((pkt.dst, pkt.dport), MediaRef { receiver: sender.other(), shared: false, ..m });
-            }
+            self.bind((pkt.dst, pkt.dport), MediaRef { receiver: sender.other(), shared: false, ..m }, true);
             return self.on_media(m, sender, pkt, ts, sink);
         }
         self.stats.unmatched_udp += 1;
@@ -372,6 +381,7 @@ impl Engine {
         let ssrc = rtp.ssrc();
         let pt = rtp.payload_type();
         let src = SocketAddr::new(pkt.src, pkt.sport);
+        let mut latch = None;
         let idx = match call.streams.iter().position(|s| s.ssrc == ssrc && s.src == src) {
             Some(i) => i,
             None => {
@@ -398,21 +408,25 @@ impl Engine {
                     dst: SocketAddr::new(pkt.dst, pkt.dport),
                     last_event_ts: None,
                     rtcp: None,
+                    pt_cache: None,
                 });
-                // Latch: with symmetric RTP the sender also receives at the address it sends from,
-                // which is its real address when NAT or a relay rewrote the SDP.
-                let src_ep = (pkt.src, pkt.sport);
-                if self.media.len() < self.cfg.max_media_endpoints && !self.media.contains_key(&src_ep) {
-                    call.endpoints.push(src_ep);
-                    self.media.insert(src_ep, MediaRef { receiver: sender, shared: false, ..m });
-                }
+                // Latch (below): with symmetric RTP the sender also receives at the address it
+                // sends from, which is its real address when NAT or a relay rewrote the SDP.
+                latch = Some(((pkt.src, pkt.sport), MediaRef { receiver: sender, shared: false, ..m }));
                 call.streams.len() - 1
             }
         };
         let sender = call.streams[idx].side;
-        let (is_event, codec_clock) = match call.codec(sender.other(), pt) {
-            Some((c, clock)) => (c.eq_ignore_ascii_case("telephone-event"), Some(clock)),
-            None => (false, None),
+        let (is_event, codec_clock) = match call.streams[idx].pt_cache {
+            Some((cached, ev, clock)) if cached == pt => (ev, clock),
+            _ => {
+                let (ev, clock) = match call.codec(sender.other(), pt) {
+                    Some((c, clock)) => (c.eq_ignore_ascii_case("telephone-event"), Some(clock)),
+                    None => (false, None),
+                };
+                call.streams[idx].pt_cache = Some((pt, ev, clock));
+                (ev, clock)
+            }
         };
         let s = &mut call.streams[idx];
         let arrival = s.stats.update(rtp.sequence(), rtp.timestamp(), ts, s.clock, rtp.payload().len());
@@ -442,17 +456,12 @@ impl Engine {
             }
         }
         sink.media(cref, idx as u8, sender, ts, pkt.payload);
+        if let Some((ep, r)) = latch {
+            self.bind(ep, r, true);
+        }
     }
 
-    fn on_sip_bytes(
-        &mut self,
-        mut bytes: &[u8],
-        stream: bool,
-        src: SocketAddr,
-        dst: SocketAddr,
-        ts: i64,
-        sink: &mut impl Sink,
-    ) {
+    fn on_sip_bytes(&mut self, mut bytes: &[u8], stream: bool, ts: i64, sink: &mut impl Sink) {
         // A datagram holds one message; a TCP chunk handed over by the reassembler holds exactly one.
         loop {
             match SipMessage::parse(bytes, stream) {
@@ -464,7 +473,7 @@ impl Engine {
                             .entry("invalid Content-Length (body taken as rest of datagram)")
                             .or_default() += 1;
                     }
-                    self.on_sip(&msg, src, dst, ts, sink);
+                    self.on_sip(&msg, ts, sink);
                     bytes = &bytes[used..];
                     if stream || bytes.iter().all(|b| b.is_ascii_whitespace()) {
                         return;
@@ -476,7 +485,7 @@ impl Engine {
                     // (rare, so the allocation does not matter).
                     let owned = String::from_utf8_lossy(bytes).into_owned();
                     if let Ok((msg, _)) = SipMessage::parse(owned.as_bytes(), false) {
-                        self.on_sip(&msg, src, dst, ts, sink);
+                        self.on_sip(&msg, ts, sink);
                     }
                     return;
                 }
@@ -514,7 +523,7 @@ impl Engine {
         }
     }
 
-    fn on_sip(&mut self, msg: &SipMessage<'_>, src: SocketAddr, dst: SocketAddr, ts: i64, sink: &mut impl Sink) {
+    fn on_sip(&mut self, msg: &SipMessage<'_>, ts: i64, sink: &mut impl Sink) {
         let Some(call_id) = msg.call_id() else {
             *self.stats.sip_malformed.entry("no Call-ID header").or_default() += 1;
             return;
@@ -546,7 +555,6 @@ impl Engine {
         call.last_ns = ts;
         call.sip_messages += 1;
         let sender = call.sender_of(msg);
-        let _ = (src, dst);
         let mut sdp_offer_in_request = false;
         match msg.start {
             StartLine::Request { method, .. } => match method {
@@ -630,6 +638,9 @@ impl Engine {
                     let view: Vec<(u8, &str, u32)> = map.iter().map(|(p, c, r)| (*p, &**c, *r)).collect();
                     sink.payload_types(cref, sender, &view);
                     call.pt_map[sender.index()] = map;
+                    for st in &mut call.streams {
+                        st.pt_cache = None;
+                    }
                 }
                 let mut eps = Vec::with_capacity(2);
                 if let Some(addr) = audio.addr.filter(|a| !a.is_unspecified()) {
@@ -639,16 +650,8 @@ impl Engine {
                         eps.push((rtcp_addr, audio.rtcp_port.unwrap_or(audio.port.wrapping_add(1))));
                     }
                 }
-                for &ep in &eps {
-                    if self.media.len() >= self.cfg.max_media_endpoints {
-                        break;
-                    }
-                    if !call.endpoints.contains(&ep) {
-                        call.endpoints.push(ep);
-                    }
-                }
                 for ep in eps {
-                    self.bind(ep, MediaRef { slot, uid: cref.uid, receiver: sender, shared: false });
+                    self.bind(ep, MediaRef { slot, uid: cref.uid, receiver: sender, shared: false }, false);
                 }
             }
         }

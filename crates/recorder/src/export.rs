@@ -33,47 +33,41 @@ pub struct Audio {
     pub undecodable: Vec<String>,
 }
 
-struct StreamPackets {
+struct StreamPackets<'a> {
     side: Side,
-    packets: Vec<(i64, Vec<u8>)>,
+    packets: Vec<(i64, &'a [u8])>,
 }
 
 /// Rebuilds the audio of a recording from its records.
 pub fn render(records: &[Record]) -> Audio {
     let mut start_ns = None;
     let mut end_ns = None;
-    let mut pt_maps: [Vec<(u8, String, u32)>; 2] = [Vec::new(), Vec::new()];
+    let mut pt_maps: [&[(u8, String, u32)]; 2] = [&[], &[]];
     let mut streams: BTreeMap<u8, StreamPackets> = BTreeMap::new();
     for r in records {
         match r {
             Record::Start { ts_ns, .. } => start_ns = start_ns.or(Some(*ts_ns)),
-            Record::PayloadTypes { side, map } => pt_maps[side.index()] = map.clone(),
+            Record::PayloadTypes { side, map } => pt_maps[side.index()] = map,
             Record::Rtp { stream, side, ts_ns, rtp } => {
                 streams
                     .entry(*stream)
                     .or_insert_with(|| StreamPackets { side: *side, packets: Vec::new() })
                     .packets
-                    .push((*ts_ns, rtp.clone()));
+                    .push((*ts_ns, rtp));
             }
             Record::Summary(summary) => end_ns = Some(summary.end_ns),
         }
     }
-    let codec_of = |sender: Side, pt: u8| -> (String, u32) {
-        let recv = sender.other();
-        pt_maps[recv.index()]
-            .iter()
-            .chain(pt_maps[sender.index()].iter())
-            .find(|(p, _, _)| *p == pt)
-            .map(|(_, c, r)| (c.clone(), *r))
-            .or_else(|| crate::sdp::static_rtpmap(pt).map(|(c, r)| (c.to_string(), r)))
-            .unwrap_or_else(|| (format!("PT{pt}"), 8000))
+    let codec_of = |sender: Side, pt: u8| -> Option<(&str, u32)> {
+        crate::sdp::lookup_pt(pt_maps[sender.other().index()], pt_maps[sender.index()], pt)
     };
     // Output rate: the highest decoded rate among the streams.
     let mut rate = 8000;
     for s in streams.values() {
         for (_, p) in s.packets.iter().take(50) {
             if let Some(r) = RtpPacket::new_checked(p) {
-                rate = rate.max(CodecKind::of(&codec_of(s.side, r.payload_type()).0).rate());
+                let kind = codec_of(s.side, r.payload_type()).map_or(CodecKind::Unsupported, |c| CodecKind::of(c.0));
+                rate = rate.max(kind.rate());
             }
         }
     }
@@ -84,7 +78,7 @@ pub fn render(records: &[Record]) -> Audio {
     let mut pcm = Vec::with_capacity(5760);
     for s in streams.values() {
         // Order by RTP timestamp (unwrapped from the first packet), drop repeated sequence numbers.
-        let Some(first) = s.packets.first().and_then(|p| RtpPacket::new_checked(&p.1)) else { continue };
+        let Some(first) = s.packets.first().and_then(|p| RtpPacket::new_checked(p.1)) else { continue };
         let ts0 = first.timestamp();
         let mut order: Vec<(i64, u16, usize)> = Vec::with_capacity(s.packets.len());
         for (i, (_, raw)) in s.packets.iter().enumerate() {
@@ -95,16 +89,22 @@ pub fn render(records: &[Record]) -> Audio {
         order.sort_by_key(|o| (o.0, o.1));
         order.dedup_by_key(|o| o.1);
         let ch = &mut chans[s.side.index()];
-        let mut decoder: Option<(String, StreamDecoder)> = None;
+        let mut decoder: Option<(CodecKind, StreamDecoder)> = None;
         let mut anchor: Option<(i64, i64)> = None; // (output sample position, rtp offset) of the anchor packet
         for (rel_ts, _, i) in order {
             let (arrival, raw) = &s.packets[i];
             let Some(r) = RtpPacket::new_checked(raw) else { continue };
-            let (codec, clock) = codec_of(s.side, r.payload_type());
-            let kind = CodecKind::of(&codec);
+            let Some((codec, clock)) = codec_of(s.side, r.payload_type()) else {
+                let name = format!("PT{}", r.payload_type());
+                if !undecodable.contains(&name) {
+                    undecodable.push(name);
+                }
+                continue;
+            };
+            let kind = CodecKind::of(codec);
             if kind == CodecKind::Unsupported {
-                if !undecodable.contains(&codec) {
-                    undecodable.push(codec.clone());
+                if !undecodable.iter().any(|u| u == codec) {
+                    undecodable.push(codec.to_string());
                 }
                 continue;
             }
@@ -132,8 +132,8 @@ pub fn render(records: &[Record]) -> Audio {
             if pos < 0 {
                 continue;
             }
-            if decoder.as_ref().is_none_or(|d| d.0 != codec) {
-                decoder = Some((codec.clone(), StreamDecoder::new(kind)));
+            if decoder.as_ref().is_none_or(|d| d.0 != kind) {
+                decoder = Some((kind, StreamDecoder::new(kind)));
             }
             pcm.clear();
             let dec = &mut decoder.as_mut().unwrap().1;

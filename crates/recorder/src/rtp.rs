@@ -52,9 +52,6 @@ impl<'a> RtpPacket<'a> {
     pub fn payload(&self) -> &'a [u8] {
         &self.buf[self.payload_at..self.payload_end]
     }
-    pub fn bytes(&self) -> &'a [u8] {
-        self.buf
-    }
 }
 
 /// RTCP packet types 200..=204 (SR, RR, SDES, BYE, APP), plus 205/206 feedback.

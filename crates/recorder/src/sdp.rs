@@ -75,6 +75,21 @@ pub fn static_rtpmap(pt: u8) -> Option<(&'static str, u32)> {
     })
 }
 
+/// The codec of a payload type: as the receiving side announced it (RFC 3264: an SDP lists the types
+/// its author expects to receive), else as the sending side did, else the static table.
+pub fn lookup_pt<'a, S: AsRef<str>>(
+    receiver: &'a [(u8, S, u32)],
+    sender: &'a [(u8, S, u32)],
+    pt: u8,
+) -> Option<(&'a str, u32)> {
+    receiver
+        .iter()
+        .chain(sender)
+        .find(|(p, _, _)| *p == pt)
+        .map(|(_, c, r)| (c.as_ref(), *r))
+        .or_else(|| static_rtpmap(pt))
+}
+
 impl Sdp {
     /// Parses an SDP body. Unknown or broken lines are skipped: a recorder records what it can.
     pub fn parse(body: &[u8]) -> Sdp {

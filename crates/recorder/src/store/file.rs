@@ -28,7 +28,7 @@ use rand_core::{OsRng, RngCore};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use super::keys::{KeyError, KeyId, PrivateStoreKey, PublicStoreKey};
+use super::keys::{KeyError, KeyId, PrivateStoreKey, PublicStoreKey, hex};
 use crate::model::{CallSummary, Side};
 
 pub const MAGIC: &[u8; 8] = b"CRECv1\0\0";
@@ -53,8 +53,6 @@ pub enum FileError {
     Truncated { path: String, chunk: u64, offset: u64 },
     #[error("{path}: chunk {chunk} at byte {offset} has an impossible length {len}")]
     BadChunk { path: String, chunk: u64, offset: u64, len: u64 },
-    #[error("{path}: data after the final chunk at byte {offset}")]
-    TrailingData { path: String, offset: u64 },
     #[error("{path}: record {what} is malformed in chunk {chunk}")]
     BadRecord { path: String, chunk: u64, what: &'static str },
     #[error("{path}: {source}")]
@@ -256,7 +254,7 @@ impl RecordingWriter {
         }
         self.flush_chunk(true)?;
         self.file.sync_data().map_err(|source| FileError::Io { path: self.path.clone(), source })?;
-        let md5 = self.md5.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let md5 = hex(&self.md5.finalize());
         Ok(Finished { bytes: self.bytes, md5 })
     }
 }
@@ -291,7 +289,7 @@ pub fn md5_file(path: &Path) -> Result<String, FileError> {
         }
         h.update(&buf[..n]);
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&h.finalize()))
 }
 
 /// Reads the header only.
@@ -316,25 +314,34 @@ pub fn rewrite_header(path: &Path, header: &Header) -> Result<(), FileError> {
 /// Checks the chunk framing without any key: lengths are sane and the file ends on a chunk boundary.
 /// Returns the number of chunks.
 pub fn check_structure(path: &Path) -> Result<u64, FileError> {
-    walk_chunks(path, |_, _, _| Ok(()))
+    walk_chunks(path, |_| Ok(()))
 }
 
-fn walk_chunks(path: &Path, f: impl FnMut(u64, u64, &mut Vec<u8>) -> Result<(), FileError>) -> Result<u64, FileError> {
+fn walk_chunks(path: &Path, f: impl FnMut(Chunk<'_>) -> Result<(), FileError>) -> Result<u64, FileError> {
     let p = path.display().to_string();
     let data = std::fs::read(path).map_err(|source| FileError::Io { path: p.clone(), source })?;
     walk_chunk_bytes(&data, &p, f)
 }
 
+/// One chunk as framed on disk.
+struct Chunk<'a> {
+    index: u64,
+    offset: u64,
+    /// Ciphertext and tag.
+    body: &'a [u8],
+    /// Whether it is the last chunk in the file (which must carry the final flag).
+    last_in_file: bool,
+}
+
 fn walk_chunk_bytes(
     data: &[u8],
     p: &str,
-    mut f: impl FnMut(u64, u64, &mut Vec<u8>) -> Result<(), FileError>,
+    mut f: impl FnMut(Chunk<'_>) -> Result<(), FileError>,
 ) -> Result<u64, FileError> {
     let p = p.to_string();
     Header::decode(data, &p)?;
     let mut at = HEADER_LEN;
     let mut index = 0u64;
-    let mut buf = Vec::new();
     while at < data.len() {
         let Some(lenb) = data.get(at..at + 4) else {
             return Err(FileError::Truncated { path: p, chunk: index, offset: at as u64 });
@@ -346,9 +353,7 @@ fn walk_chunk_bytes(
         let Some(body) = data.get(at + 4..at + 4 + len) else {
             return Err(FileError::Truncated { path: p, chunk: index, offset: at as u64 });
         };
-        buf.clear();
-        buf.extend_from_slice(body);
-        f(index, at as u64, &mut buf)?;
+        f(Chunk { index, offset: at as u64, body, last_in_file: at + 4 + len == data.len() })?;
         at += 4 + len;
         index += 1;
     }
@@ -371,34 +376,32 @@ pub fn read_recording_bytes(data: &[u8], name: &str, key: &PrivateStoreKey) -> R
         .map_err(|source| FileError::Key { path: p.clone(), source })?;
     let cipher = ChaCha20Poly1305::new(Key::from_slice(&*dk));
     let mut out = Contents::default();
-    let mut final_seen_at: Option<u64> = None;
+    let mut complete = false;
     let mut records = Vec::new();
-    let chunks = walk_chunk_bytes(data, name, |index, offset, buf| {
-        if final_seen_at.is_some() {
-            return Err(FileError::TrailingData { path: p.clone(), offset });
-        }
-        let split = buf.len().saturating_sub(16);
-        let tag = Tag::clone_from_slice(&buf[split..]);
-        buf.truncate(split);
-        let mut ok_last = None;
-        for last in [false, true] {
-            let mut attempt = buf.clone();
-            if cipher.decrypt_in_place_detached(&nonce(index, last), &header.file_id, &mut attempt, &tag).is_ok() {
-                *buf = attempt;
-                ok_last = Some(last);
+    let mut buf = Vec::new();
+    let chunks = walk_chunk_bytes(data, name, |c| {
+        let (ct, tag) = c.body.split_at(c.body.len() - 16);
+        let tag = Tag::clone_from_slice(tag);
+        // Only the file's last chunk may carry the final flag; if it does not, the recording was
+        // cut short (capture interrupted) and is read as incomplete.
+        let flags: &[bool] = if c.last_in_file { &[true, false] } else { &[false] };
+        let mut opened = None;
+        for &last in flags {
+            buf.clear();
+            buf.extend_from_slice(ct);
+            if cipher.decrypt_in_place_detached(&nonce(c.index, last), &header.file_id, &mut buf, &tag).is_ok() {
+                opened = Some(last);
                 break;
             }
         }
-        let Some(last) = ok_last else {
-            return Err(FileError::Tampered { path: p.clone(), chunk: index, offset });
+        let Some(last) = opened else {
+            return Err(FileError::Tampered { path: p.clone(), chunk: c.index, offset: c.offset });
         };
-        if last {
-            final_seen_at = Some(offset);
-        }
-        parse_records(buf, index, &p, &mut records)
+        complete = last;
+        parse_records(&buf, c.index, &p, &mut records)
     })?;
     out.records = records;
-    out.complete = final_seen_at.is_some();
+    out.complete = complete;
     out.chunks = chunks;
     Ok(out)
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params};
 use thiserror::Error;
 
-use crate::model::{CallSummary, Side};
+use crate::model::CallSummary;
 
 #[derive(Debug, Error)]
 pub enum IndexError {
@@ -125,10 +125,6 @@ pub struct Index {
     in_tx: usize,
 }
 
-pub fn side_str(s: Side) -> &'static str {
-    s.as_str()
-}
-
 impl Index {
     pub fn open(path: &Path) -> Result<Index, IndexError> {
         let p = path.display().to_string();
@@ -231,7 +227,7 @@ impl Index {
                 st.execute(params![
                     id,
                     x.index,
-                    side_str(x.side),
+                    x.side.as_str(),
                     x.ssrc,
                     x.codec,
                     x.payload_type,
@@ -257,23 +253,15 @@ impl Index {
                     crate::model::DtmfSource::Rfc4733 => "rfc4733",
                     crate::model::DtmfSource::SipInfo => "sip-info",
                 };
-                d.execute(params![
-                    id,
-                    i as i64,
-                    x.at_ns,
-                    x.digit.to_string(),
-                    source,
-                    side_str(x.side),
-                    x.duration_ms
-                ])?;
+                d.execute(params![id, i as i64, x.at_ns, x.digit.to_string(), source, x.side.as_str(), x.duration_ms])?;
             }
             let mut h = c.prepare_cached("INSERT INTO holds VALUES (?1,?2,?3,?4)")?;
             for x in &s.holds {
-                h.execute(params![id, x.start_ns, x.end_ns, side_str(x.by)])?;
+                h.execute(params![id, x.start_ns, x.end_ns, x.by.as_str()])?;
             }
             let mut p = c.prepare_cached("INSERT INTO payload_types VALUES (?1,?2,?3,?4,?5)")?;
             for (side, pt, codec, clock) in &s.payload_types {
-                p.execute(params![id, side_str(*side), pt, codec, clock])?;
+                p.execute(params![id, side.as_str(), pt, codec, clock])?;
             }
             Ok(())
         })();

@@ -41,7 +41,16 @@ pub const KEY_ID_LEN: usize = 8;
 pub type KeyId = [u8; KEY_ID_LEN];
 
 pub fn key_id_hex(id: &KeyId) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
+    hex(id)
+}
+
+/// Lower-case hex of bytes (key ids, file ids, MD5 watermarks).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// The store's public key: all that capture needs.

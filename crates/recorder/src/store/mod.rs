@@ -21,7 +21,7 @@ use crate::engine::{CallRef, Sink};
 use crate::model::{CallSummary, Side};
 use file::{FileError, RecordingWriter};
 use index::{Index, IndexError};
-use keys::{KeyError, PrivateStoreKey, PublicStoreKey};
+use keys::{KeyError, PrivateStoreKey, PublicStoreKey, hex};
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -176,10 +176,6 @@ pub struct StoreSink<'a> {
     pub errors: Vec<String>,
     pub recorded: u64,
     last_tick: i64,
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 impl StoreSink<'_> {

@@ -207,17 +207,16 @@ impl Filter {
                     Kind::Time => {
                         let (a, b) =
                             parse_instant(&vals[0]).ok_or_else(|| bad(format!("{:?} is not a time", vals[0])))?;
-                        self.params.push(Value::Integer(a));
-                        self.params.push(Value::Integer(b));
-                        format!("{neg}({col} >= ? AND {col} < ?)")
+                        let (a, b) = (self.param(Value::Integer(a)), self.param(Value::Integer(b)));
+                        format!("{neg}({col} >= {a} AND {col} < {b})")
                     }
                     Kind::List => {
-                        self.params.push(Value::Text(vals[0].clone()));
-                        format!("{neg}(',' || {col} || ',' LIKE '%,' || ? || ',%')")
+                        let v = self.param(Value::Text(vals[0].clone()));
+                        format!("{neg}(',' || {col} || ',' LIKE '%,' || {v} || ',%')")
                     }
                     _ => {
-                        self.params.push(value(&vals[0])?);
-                        format!("{neg}({col} = ?{coll})")
+                        let v = self.param(value(&vals[0])?);
+                        format!("{neg}({col} = {v}{coll})")
                     }
                 }
             }
@@ -229,29 +228,33 @@ impl Filter {
                 let v = vals[0].clone();
                 match op.as_str() {
                     "starts-with" if kind == (Kind::Text { nocase: false }) => {
-                        self.params.push(Value::Text(format!("{}*", glob_escape(&v))));
-                        format!("{col} GLOB ?")
+                        let v = self.param(Value::Text(format!("{}*", glob_escape(&v))));
+                        format!("{col} GLOB {v}")
                     }
                     "starts-with" => {
-                        self.params.push(Value::Text(v.to_lowercase()));
-                        format!("substr(ulower({col}), 1, length(?1x)) = ?1x")
+                        let v = self.param(Value::Text(v.to_lowercase()));
+                        format!("substr(ulower({col}), 1, length({v})) = {v}")
                     }
                     "ends-with" => {
-                        self.params.push(Value::Text(v.to_lowercase()));
-                        format!("substr(ulower({col}), -length(?1x)) = ?1x")
+                        let v = self.param(Value::Text(v.to_lowercase()));
+                        format!("substr(ulower({col}), -length({v})) = {v}")
                     }
                     "contains" => {
-                        self.params.push(Value::Text(v.to_lowercase()));
-                        format!("instr(ulower({col}), ?) > 0")
+                        let v = self.param(Value::Text(v.to_lowercase()));
+                        format!("instr(ulower({col}), {v}) > 0")
                     }
                     "like" => {
-                        self.params.push(Value::Text(v));
-                        if coll.is_empty() { format!("{col} GLOB ?") } else { format!("ulower({col}) GLOB ulower(?)") }
+                        let v = self.param(Value::Text(v));
+                        if coll.is_empty() {
+                            format!("{col} GLOB {v}")
+                        } else {
+                            format!("ulower({col}) GLOB ulower({v})")
+                        }
                     }
                     _ => {
                         regex::Regex::new(&v).map_err(|e| bad(format!("bad regular expression: {e}")))?;
-                        self.params.push(Value::Text(v));
-                        format!("regexp(?, {col})")
+                        let v = self.param(Value::Text(v));
+                        format!("regexp({v}, {col})")
                     }
                 }
             }
@@ -272,8 +275,8 @@ impl Filter {
                 } else {
                     value(&vals[0])?
                 };
-                self.params.push(v);
-                format!("{col} {sqlop} ?{coll}")
+                let v = self.param(v);
+                format!("{col} {sqlop} {v}{coll}")
             }
             "between" => {
                 if vals.len() != 3 || !vals[1].eq_ignore_ascii_case("and") {
@@ -286,9 +289,8 @@ impl Filter {
                 } else {
                     value(&vals[2])?
                 };
-                self.params.push(lo);
-                self.params.push(hi);
-                format!("({col} BETWEEN ? AND ?{coll})")
+                let (lo, hi) = (self.param(lo), self.param(hi));
+                format!("({col} BETWEEN {lo} AND {hi}{coll})")
             }
             "older-than" | "newer-than" => {
                 need(1)?;
@@ -297,17 +299,10 @@ impl Filter {
                 }
                 let age =
                     parse_span(&vals[0]).ok_or_else(|| bad(format!("{:?} is not an age (e.g. 30d, 12h)", vals[0])))?;
-                self.params.push(Value::Integer(now_ns() - age));
-                if op == "older-than" { format!("{col} < ?") } else { format!("{col} >= ?") }
+                let v = self.param(Value::Integer(now_ns() - age));
+                if op == "older-than" { format!("{col} < {v}") } else { format!("{col} >= {v}") }
             }
             other => return Err(bad(format!("unknown operator {other:?}; operators: {}", OPERATORS.join(" ")))),
-        };
-        // `?1x` marks a parameter used twice: give it its own numbered slot.
-        let cond = if cond.contains("?1x") {
-            let n = self.params.len();
-            cond.replace("?1x", &format!("?{n}"))
-        } else {
-            cond
         };
         self.conds.push(cond);
         Ok(())
@@ -315,44 +310,21 @@ impl Filter {
 
     /// `--text`: a number or name of either party contains the text.
     pub fn add_text(&mut self, text: &str) {
-        self.params.push(Value::Text(text.to_lowercase()));
-        let n = self.params.len();
+        let t = self.param(Value::Text(text.to_lowercase()));
         self.conds.push(format!(
-            "(instr(ulower(a.number), ?{n}) > 0 OR instr(ulower(b.number), ?{n}) > 0 OR instr(ulower(a.name), ?{n}) > 0 \
-             OR instr(ulower(b.name), ?{n}) > 0)"
+            "(instr(ulower(a.number), {t}) > 0 OR instr(ulower(b.number), {t}) > 0 OR instr(ulower(a.name), {t}) > 0 \
+             OR instr(ulower(b.name), {t}) > 0)"
         ));
     }
 
     fn sql(&self) -> String {
-        // Plain `?` placeholders are numbered in order; make all explicit.
-        let mut out = String::new();
-        let mut next = 1;
-        for cond in &self.conds {
-            let mut it = cond.chars().peekable();
-            let mut c2 = String::new();
-            while let Some(ch) = it.next() {
-                if ch == '?' && !it.peek().is_some_and(|c| c.is_ascii_digit()) {
-                    c2.push_str(&format!("?{next}"));
-                    next += 1;
-                } else if ch == '?' {
-                    let mut num = String::new();
-                    while let Some(d) = it.peek().filter(|c| c.is_ascii_digit()) {
-                        num.push(*d);
-                        it.next();
-                    }
-                    next = next.max(num.parse::<usize>().unwrap_or(0) + 1);
-                    c2.push('?');
-                    c2.push_str(&num);
-                } else {
-                    c2.push(ch);
-                }
-            }
-            if !out.is_empty() {
-                out.push_str(" AND ");
-            }
-            out.push_str(&c2);
-        }
-        if out.is_empty() { "1".into() } else { out }
+        if self.conds.is_empty() { "1".into() } else { self.conds.join(" AND ") }
+    }
+
+    /// Adds a parameter and returns its numbered placeholder (`?N`), usable several times.
+    fn param(&mut self, v: Value) -> String {
+        self.params.push(v);
+        format!("?{}", self.params.len())
     }
 
     pub fn is_empty(&self) -> bool {
