@@ -96,6 +96,15 @@ enum Cmd {
         #[arg(long)]
         yes: bool,
     },
+    /// Replace the store key: new key pair, every recording's data key re-wrapped (headers only).
+    RotateKey {
+        /// Passphrase of the current key.
+        #[arg(long, value_name = "FILE", env = "CALLREC_PASSPHRASE_FILE")]
+        passphrase_file: PathBuf,
+        /// Passphrase to seal the new key with (default: the current one).
+        #[arg(long, value_name = "FILE")]
+        new_passphrase_file: Option<PathBuf>,
+    },
     /// Print the audit log.
     Audit {
         #[arg(long, default_value_t = 100)]
@@ -310,6 +319,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             store.index.checkpoint()?;
             eprintln!("{} calls deleted", targets.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::RotateKey { passphrase_file, new_passphrase_file } => {
+            let mut store = open_store(&dir)?;
+            let old = unseal(&store, &passphrase_file)?;
+            let new_pass = keys::read_passphrase(new_passphrase_file.as_deref().unwrap_or(&passphrase_file))?;
+            let r = store.rotate_key(&old, &new_pass)?;
+            let detail = format!(
+                "key {} -> {}: {} recordings re-wrapped, {} already done, {} skipped",
+                r.old_key,
+                r.new_key,
+                r.rewrapped,
+                r.already,
+                r.skipped.len()
+            );
+            store.index.audit(&user, "rotate-key", "store", &detail)?;
+            println!("{detail}");
+            if !r.skipped.is_empty() {
+                eprintln!("not rotated (still recording or file missing): {:?}", r.skipped);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Audit { limit, json } => {

@@ -409,3 +409,96 @@ fn no_plaintext_audio_on_disk() {
         }
     }
 }
+
+#[test]
+fn g722_export_matches_the_spandsp_reference() {
+    let Some(dir) = pcaps_dir() else { return };
+    let path = dir.join("wswiki_sip-rtp-g722.pcap");
+    let t = TestStore::new();
+    t.import(&path);
+    let calls = t.search(&[]);
+    assert_eq!(calls.len(), 1);
+    let s = &calls[0]["streams"][0];
+    assert_eq!((s["codec"].as_str(), s["decodable"].as_bool()), (Some("G722"), Some(true)));
+    let (rate, left, right) = t.export_wav(calls[0]["id"].as_i64().unwrap());
+    assert_eq!(rate, 16_000, "G.722 is 16 kHz audio on an 8 kHz RTP clock");
+    let chan = if s["direction"] == "caller" { &left } else { &right };
+    let mut pk = capture_rtp(&path, &[9]);
+    pk.sort_by_key(|p| p.seq);
+    assert_eq!(pk.len(), 425);
+    // The stream has no loss, so the decoder state runs over the payloads in order: the channel must
+    // hold the reference decoding of their concatenation, contiguously.
+    let all: Vec<u8> = pk.iter().flat_map(|p| p.payload.iter().copied()).collect();
+    let reference = independent_g722(&all);
+    assert_eq!(reference.len(), all.len() * 2);
+    let probe = &reference[2000..2400];
+    let at =
+        chan.windows(probe.len()).position(|w| w == probe).expect("reference audio not found in the export") - 2000;
+    assert_eq!(&chan[at..at + reference.len()], &reference[..]);
+}
+
+#[test]
+fn key_rotation_rewraps_headers_only() {
+    let Some(dir) = pcaps_dir() else { return };
+    let t = TestStore::new();
+    t.import(&dir.join("wswiki_sip-rtp-g711.pcap"));
+    let before = t.search(&[]);
+    let id = before[0]["id"].as_i64().unwrap();
+    let (_, l0, r0) = t.export_wav(id);
+    let rec = t.store().join(before[0]["file"].as_str().unwrap());
+    let old_bytes = std::fs::read(&rec).unwrap();
+    let new_pass = t.dir.path().join("new-pass");
+    std::fs::write(&new_pass, "a completely different passphrase").unwrap();
+    let out = t.ok(&[
+        "rotate-key",
+        "--passphrase-file",
+        t.pass.to_str().unwrap(),
+        "--new-passphrase-file",
+        new_pass.to_str().unwrap(),
+    ]);
+    assert!(out.contains("2 recordings re-wrapped"), "{out}");
+    let new_bytes = std::fs::read(&rec).unwrap();
+    assert_ne!(old_bytes[..256], new_bytes[..256], "the header changed");
+    assert_eq!(old_bytes[256..], new_bytes[256..], "the audio chunks did not");
+    // The old passphrase opens nothing any more; the new one opens everything, and the watermarks follow.
+    assert!(!t.run(&["verify", "--passphrase-file", t.pass.to_str().unwrap()]).status.success());
+    let v = t.ok(&["verify", "--passphrase-file", new_pass.to_str().unwrap()]);
+    assert_eq!(v.matches("ok ").count(), 2, "{v}");
+    let after = t.search(&[]);
+    assert_ne!(before[0]["md5"], after.iter().find(|c| c["id"] == id).unwrap()["md5"]);
+    let out = t.dir.path().join("rotated.wav");
+    t.ok(&["export", &id.to_string(), "--out", out.to_str().unwrap(), "--passphrase-file", new_pass.to_str().unwrap()]);
+    let mut r = hound::WavReader::open(&out).unwrap();
+    let s: Vec<i16> = r.samples::<i16>().map(Result::unwrap).collect();
+    let l1: Vec<i16> = s.iter().step_by(2).copied().collect();
+    let r1: Vec<i16> = s.iter().skip(1).step_by(2).copied().collect();
+    assert_eq!((l0, r0), (l1, r1), "same audio after rotation");
+    assert!(t.ok(&["audit"]).contains("rotate-key"));
+}
+
+#[test]
+fn opus_calls_decode_and_export_to_ogg() {
+    let Some(dir) = pcaps_dir() else { return };
+    let t = TestStore::new();
+    t.import(&dir.join("wswiki_sip-rtp-opus.pcap"));
+    let c = &t.search(&[])[0];
+    assert_eq!(c["codecs"][0], "OPUS");
+    let id = c["id"].as_i64().unwrap();
+    let (rate, left, right) = t.export_wav(id);
+    assert_eq!(rate, 48_000);
+    let energy: i64 = left.iter().chain(&right).map(|&x| (x as i64).abs()).sum();
+    assert!(energy > 1_000_000, "decoded Opus is not silent");
+    let ogg = t.dir.path().join("call.opus");
+    t.ok(&[
+        "export",
+        &id.to_string(),
+        "--format",
+        "opus",
+        "--out",
+        ogg.to_str().unwrap(),
+        "--passphrase-file",
+        t.pass.to_str().unwrap(),
+    ]);
+    let b = std::fs::read(&ogg).unwrap();
+    assert!(b.starts_with(b"OggS") && b.windows(8).any(|w| w == b"OpusHead"), "not Ogg Opus");
+}

@@ -1,4 +1,5 @@
-//! Audio decoders for export: G.711 µ-law and A-law (bit-exact per ITU-T G.711) and Opus (libopus).
+//! Audio decoders for export: G.711 µ-law and A-law (bit-exact per ITU-T G.711), G.722 (bit-exact,
+//! [`crate::g722`]) and Opus (libopus).
 //! Capture never calls these: recordings keep the payloads, decoding happens only on export.
 
 /// µ-law byte → 16-bit linear sample (G.711).
@@ -27,6 +28,7 @@ pub fn alaw_to_linear(b: u8) -> i16 {
 pub enum CodecKind {
     Pcmu,
     Pcma,
+    G722,
     Opus,
     /// Comfort noise and telephone events: silence in the audio.
     Silence,
@@ -38,6 +40,7 @@ impl CodecKind {
         match name.to_ascii_uppercase().as_str() {
             "PCMU" => CodecKind::Pcmu,
             "PCMA" => CodecKind::Pcma,
+            "G722" => CodecKind::G722,
             "OPUS" => CodecKind::Opus,
             "CN" | "TELEPHONE-EVENT" => CodecKind::Silence,
             _ => CodecKind::Unsupported,
@@ -48,6 +51,7 @@ impl CodecKind {
     pub fn rate(self) -> u32 {
         match self {
             CodecKind::Opus => 48_000,
+            CodecKind::G722 => 16_000,
             _ => 8_000,
         }
     }
@@ -56,6 +60,7 @@ impl CodecKind {
 /// A stateful decoder for one stream.
 pub enum StreamDecoder {
     G711 { alaw: bool },
+    G722(Box<crate::g722::G722Decoder>),
     Opus(Box<opus::Decoder>),
     None,
 }
@@ -65,6 +70,7 @@ impl StreamDecoder {
         match kind {
             CodecKind::Pcmu => StreamDecoder::G711 { alaw: false },
             CodecKind::Pcma => StreamDecoder::G711 { alaw: true },
+            CodecKind::G722 => StreamDecoder::G722(Box::default()),
             CodecKind::Opus => match opus::Decoder::new(48_000, opus::Channels::Mono) {
                 Ok(d) => StreamDecoder::Opus(Box::new(d)),
                 Err(_) => StreamDecoder::None,
@@ -79,6 +85,10 @@ impl StreamDecoder {
             StreamDecoder::G711 { alaw } => {
                 let f = if *alaw { alaw_to_linear } else { ulaw_to_linear };
                 out.extend(payload.iter().map(|&b| f(b)));
+                true
+            }
+            StreamDecoder::G722(d) => {
+                d.decode(payload, out);
                 true
             }
             StreamDecoder::Opus(d) => {

@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod engine;
 pub mod export;
+pub mod g722;
 pub mod memsink;
 pub mod model;
 pub mod rtp;

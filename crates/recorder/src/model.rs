@@ -155,5 +155,5 @@ impl CallSummary {
 
 /// Codecs callrec decodes for export; everything else is stored losslessly and listed as not decodable.
 pub fn is_decodable(codec: &str) -> bool {
-    matches!(codec.to_ascii_uppercase().as_str(), "PCMU" | "PCMA" | "OPUS" | "CN" | "TELEPHONE-EVENT")
+    matches!(codec.to_ascii_uppercase().as_str(), "PCMU" | "PCMA" | "G722" | "OPUS" | "CN" | "TELEPHONE-EVENT")
 }

@@ -213,3 +213,23 @@ pub fn assert_stream_in_channel(name: &str, packets: &[&CapRtp], chan: &[i16], a
     }
     assert!(checked > 10, "{name}: only {checked} packets compared");
 }
+
+/// Decodes G.722 with spandsp (an independent reference implementation), through a small C tool
+/// built on first use (`libspandsp-dev`, installed by scripts/setup.sh).
+pub fn independent_g722(payload: &[u8]) -> Vec<i16> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/g722_ref.c");
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("g722_ref");
+    let st = Command::new("cc").arg("-O1").arg("-o").arg(&bin).arg(&src).arg("-lspandsp").status().expect("cc");
+    assert!(st.success(), "building the spandsp reference decoder failed: install libspandsp-dev (scripts/setup.sh)");
+    let mut child = Command::new(&bin).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = payload.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success());
+    out.stdout.chunks(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect()
+}

@@ -110,6 +110,61 @@ impl Store {
         self.root.join(rel)
     }
 
+    /// Key rotation: a new key pair sealed under `new_passphrase`; every recording's data key is
+    /// unwrapped with the old private key and wrapped for the new public key by rewriting its
+    /// 256-byte header (audio is not touched), its MD5 watermark is updated in the index; then the
+    /// new key becomes current and the old sealed key is erased.
+    ///
+    /// Crash-safe by resumption: the new public key waits in `keys/next.pub` until every header is
+    /// rewritten, so running rotation again (with the old passphrase) finishes the job; headers
+    /// already wrapped for the new key are skipped.
+    pub fn rotate_key(&mut self, old: &PrivateStoreKey, new_passphrase: &[u8]) -> Result<Rotation, StoreError> {
+        let keys_dir = self.root.join("keys");
+        let next_path = keys_dir.join("next.pub");
+        let next = if next_path.exists() {
+            PublicStoreKey::load(&next_path)?
+        } else {
+            let (public, sealed) = keys::generate(new_passphrase)?;
+            keys::write_private(&keys_dir.join(format!("{}.sealed", keys::key_id_hex(&public.id))), &sealed)?;
+            keys::write_private(&next_path, &public.to_bytes())?;
+            public
+        };
+        let mut report =
+            Rotation { old_key: keys::key_id_hex(&old.id), new_key: keys::key_id_hex(&next.id), ..Default::default() };
+        for id in self.index.all_ids()? {
+            let Some((rel, _, status)) = self.index.file_of(id)? else { continue };
+            let path = self.abs(&rel);
+            if status != "complete" || !path.exists() {
+                report.skipped.push(id);
+                continue;
+            }
+            let mut header = file::read_header(&path)?;
+            if header.key_id == next.id {
+                report.already += 1;
+                continue;
+            }
+            let dk = old
+                .unwrap_key(&header.key_id, &header.eph_pub, &header.wrapped, &header.file_id)
+                .map_err(|source| FileError::Key { path: path.display().to_string(), source })?;
+            let (eph_pub, wrapped) = next.wrap(&dk, &header.file_id);
+            header.key_id = next.id;
+            header.eph_pub = eph_pub;
+            header.wrapped = wrapped;
+            file::rewrite_header(&path, &header)?;
+            let md5 = file::md5_file(&path)?;
+            self.index.set_md5(id, &md5)?;
+            report.rewrapped += 1;
+        }
+        std::fs::rename(&next_path, keys_dir.join("current.pub"))
+            .map_err(|source| StoreError::Create { path: keys_dir.display().to_string(), source })?;
+        let old_sealed = keys_dir.join(format!("{}.sealed", keys::key_id_hex(&old.id)));
+        if old.id != next.id {
+            std::fs::remove_file(&old_sealed)
+                .map_err(|source| StoreError::Remove { path: old_sealed.display().to_string(), source })?;
+        }
+        Ok(report)
+    }
+
     /// A sink that records into this store.
     pub fn recorder(&mut self) -> Result<StoreSink<'_>, StoreError> {
         let key = self.public_key()?;
@@ -159,6 +214,18 @@ impl Store {
         }
         Ok(Verdict::Ok { chunks, authenticated: key.is_some() })
     }
+}
+
+/// What a key rotation did.
+#[derive(Debug, Default)]
+pub struct Rotation {
+    pub old_key: String,
+    pub new_key: String,
+    pub rewrapped: u64,
+    /// Headers already wrapped for the new key (a resumed rotation).
+    pub already: u64,
+    /// Calls not rotated: still recording, or their file is missing (see `verify`).
+    pub skipped: Vec<i64>,
 }
 
 struct OpenRecording {
