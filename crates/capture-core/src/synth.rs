@@ -175,6 +175,69 @@ mod tests {
         }
     }
 
+    fn payload_of(frame: &[u8]) -> Vec<u8> {
+        let mut d = Decoder::default();
+        match d.decode(0, linktype::ETHERNET, frame).unwrap() {
+            Decoded::Packet(p) => p.payload.to_vec(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// An IPv4 packet (no Ethernet header) from an Ethernet frame built by these helpers.
+    fn ip_of(frame: &[u8]) -> &[u8] {
+        &frame[14..]
+    }
+
+    fn eth(ethertype: u16) -> Vec<u8> {
+        let mut v = vec![0u8; 12];
+        v.extend_from_slice(&ethertype.to_be_bytes());
+        v
+    }
+
+    fn outer_ip(proto: u8, inner: &[u8]) -> Vec<u8> {
+        let mut v = eth(0x0800);
+        let f = Flow { src: v4(192, 0, 2, 1), dst: v4(192, 0, 2, 2), sport: 0, dport: 0 };
+        ip_header(&mut v, &f, proto, inner.len(), 9, 0);
+        v.extend_from_slice(inner);
+        v
+    }
+
+    #[test]
+    fn tunnels_and_stacks() {
+        let inner = udp_frame(&flow(), b"INVITE");
+        // QinQ: 802.1ad outer tag, 802.1Q inner tag.
+        let mut qinq = eth(0x88a8);
+        qinq.extend_from_slice(&[0, 10, 0x81, 0x00, 0, 20, 0x08, 0x00]);
+        qinq.extend_from_slice(ip_of(&inner));
+        assert_eq!(payload_of(&qinq), b"INVITE");
+        // MPLS: two labels, bottom of stack on the second.
+        let mut mpls = eth(0x8847);
+        mpls.extend_from_slice(&[0, 0, 0x10, 64, 0, 0, 0x21, 64]);
+        mpls.extend_from_slice(ip_of(&inner));
+        assert_eq!(payload_of(&mpls), b"INVITE");
+        // VXLAN (UDP 4789) carrying the whole inner Ethernet frame.
+        let mut vx = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+        vx.extend_from_slice(&inner);
+        let outer = udp_frame(&Flow { src: v4(192, 0, 2, 1), dst: v4(192, 0, 2, 2), sport: 40000, dport: 4789 }, &vx);
+        assert_eq!(payload_of(&outer), b"INVITE");
+        // ERSPAN type II: GRE with sequence number, protocol 0x88be, 8-byte ERSPAN header.
+        let mut gre = vec![0x10, 0x00, 0x88, 0xbe, 0, 0, 0, 1];
+        gre.extend_from_slice(&[0x10, 0, 0, 1, 0, 0, 0, 0]);
+        gre.extend_from_slice(&inner);
+        assert_eq!(payload_of(&outer_ip(47, &gre)), b"INVITE");
+        // ERSPAN type III: 12-byte header, no platform sub-header.
+        let mut gre3 = vec![0x10, 0x00, 0x22, 0xeb, 0, 0, 0, 1];
+        gre3.extend_from_slice(&[0x20, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+        gre3.extend_from_slice(&inner);
+        assert_eq!(payload_of(&outer_ip(47, &gre3)), b"INVITE");
+        // IP-in-IP and GTP-U.
+        assert_eq!(payload_of(&outer_ip(4, ip_of(&inner))), b"INVITE");
+        let mut gtp = vec![0x30, 0xff, 0, 0, 0, 0, 0, 1];
+        gtp.extend_from_slice(ip_of(&inner));
+        let outer = udp_frame(&Flow { src: v4(192, 0, 2, 1), dst: v4(192, 0, 2, 2), sport: 2152, dport: 2152 }, &gtp);
+        assert_eq!(payload_of(&outer), b"INVITE");
+    }
+
     #[test]
     fn truncated_frames_are_errors() {
         let frame = udp_frame(&flow(), b"hello world");

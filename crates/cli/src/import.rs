@@ -124,6 +124,7 @@ fn import_one(store: &mut Store, path: &Path) -> Result<serde_json::Value> {
         "calls": st.calls_started,
         "recorded": recorded,
         "calls_refused": st.calls_refused,
+        "streams": st.streams,
         "sip_messages": st.sip_messages,
         "sip_duplicates": st.sip_duplicates,
         "rtp_packets": st.rtp_packets,
@@ -139,11 +140,12 @@ fn import_one(store: &mut Store, path: &Path) -> Result<serde_json::Value> {
 
 fn print_summary(s: &serde_json::Value) {
     println!(
-        "{}: {} frames, {} calls ({} recorded), {} SIP messages ({} duplicates), {} RTP packets ({} duplicates), {} RTCP",
+        "{}: {} frames, {} calls ({} recorded), {} streams, {} SIP messages ({} duplicates), {} RTP packets ({} duplicates), {} RTCP",
         s["file"].as_str().unwrap_or("?"),
         s["frames"],
         s["calls"],
         s["recorded"],
+        s["streams"],
         s["sip_messages"],
         s["sip_duplicates"],
         s["rtp_packets"],

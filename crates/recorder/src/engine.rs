@@ -93,6 +93,8 @@ pub struct Stats {
     pub calls_started: u64,
     pub calls_ended: u64,
     pub calls_refused: u64,
+    /// RTP streams (SSRC and direction) found in calls.
+    pub streams: u64,
     pub streams_refused: u64,
     /// Media endpoints not bound because `max_media_endpoints` was reached.
     pub endpoints_refused: u64,
@@ -413,6 +415,7 @@ impl Engine {
                 // Latch (below): with symmetric RTP the sender also receives at the address it
                 // sends from, which is its real address when NAT or a relay rewrote the SDP.
                 latch = Some(((pkt.src, pkt.sport), MediaRef { receiver: sender, shared: false, ..m }));
+                self.stats.streams += 1;
                 call.streams.len() - 1
             }
         };
