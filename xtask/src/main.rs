@@ -4,6 +4,8 @@
 //!     cargo xtask demo [STORE]    real SIP calls → encrypted store → search → export
 //!     cargo xtask test            everything CI runs
 //!     cargo xtask fuzz [SECONDS]  each fuzz target for a bounded time
+//!     cargo xtask rig up|down [NAME]   the virtual mirror port (namespaces, bridge, tc mirred)
+//!     cargo xtask rig calls NAME N     sip-tester calls across it
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -33,10 +35,11 @@ fn main() -> Result<ExitCode> {
         "demo" => script("demo.sh", &rest),
         "test" => script("test.sh", &rest),
         "fuzz" => script("fuzz.sh", &rest),
+        "rig" => script("rig.sh", &rest),
         "" | "help" | "--help" | "-h" => {
-            println!("cargo xtask demo [STORE] | test | fuzz [SECONDS]");
+            println!("cargo xtask demo [STORE] | test | fuzz [SECONDS] | rig up|down|calls|noise|exec [NAME] ...");
             Ok(ExitCode::SUCCESS)
         }
-        other => bail!("unknown task {other:?}; tasks: demo, test, fuzz"),
+        other => bail!("unknown task {other:?}; tasks: demo, test, fuzz, rig"),
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod decode;
 pub mod defrag;
+pub mod live;
 pub mod pcap;
 pub mod synth;
 

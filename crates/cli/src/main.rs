@@ -2,6 +2,7 @@
 //! exit codes, `--json`/`--csv`), quiet when piped, and writes an audit entry when it reads or
 //! changes recordings.
 
+mod capture;
 mod import;
 
 use std::io::{IsTerminal, Write};
@@ -105,6 +106,14 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         new_passphrase_file: Option<PathBuf>,
     },
+    /// Record live from mirror interfaces until SIGINT or SIGTERM (the product's main job).
+    Capture(capture::CaptureArgs),
+    /// State of the running capture: active calls, packets/s, drops per interface and queue.
+    /// Exits 0 while capture runs, 3 when it does not.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the audit log.
     Audit {
         #[arg(long, default_value_t = 100)]
@@ -159,8 +168,16 @@ fn unseal(store: &Store, pf: &Path) -> Result<keys::PrivateStoreKey> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let user = os_user();
+    if let Cmd::Capture(args) = cli.cmd {
+        let args = args.resolve()?;
+        let dir = cli.store.clone().or_else(|| args.store.clone());
+        let dir = store_dir(&dir)?;
+        return capture::run(&dir, args, &user);
+    }
     let dir = store_dir(&cli.store)?;
     match cli.cmd {
+        Cmd::Capture(_) => unreachable!("handled above"),
+        Cmd::Status { json } => capture::status(&dir, json),
         Cmd::Init { passphrase_file } => {
             let pass = keys::read_passphrase(&passphrase_file)?;
             let mut store = Store::init(&dir, &pass)?;

@@ -45,13 +45,7 @@ fn sipp_calls_through_namespaces_are_recorded() {
         assert!(!c["answer"].is_null());
         assert_eq!(c["end_reason"], "caller-bye");
         assert_eq!(c["codecs"][0], "PCMA");
-        let caller_dtmf: String = c["dtmf_events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|d| d["direction"] == "caller")
-            .map(|d| d["digit"].as_str().unwrap().to_string())
-            .collect();
+        let caller_dtmf = dtmf_of(c, "caller");
         assert_eq!(caller_dtmf, "1");
         let d = c["duration_ms"].as_i64().unwrap();
         assert!((8_500..10_500).contains(&d), "duration {d} ms");

@@ -247,6 +247,17 @@ impl Engine {
         }
     }
 
+    /// Lets time pass without a packet (live capture when the wire is quiet): calls whose linger
+    /// or timeout has run out are ended. `now_ns` is on the packets' clock.
+    pub fn poll(&mut self, now_ns: i64, sink: &mut impl Sink) {
+        if now_ns > self.now {
+            self.now = now_ns;
+        }
+        if self.now.saturating_sub(self.last_sweep) >= 1_000_000_000 {
+            self.sweep(sink);
+        }
+    }
+
     /// Ends every call: those already ending with their reason, the rest as `capture-ended`.
     pub fn finish(&mut self, sink: &mut impl Sink) {
         for slot in 0..self.calls.len() as u32 {
@@ -645,15 +656,7 @@ impl Engine {
                         st.pt_cache = None;
                     }
                 }
-                let mut eps = Vec::with_capacity(2);
-                if let Some(addr) = audio.addr.filter(|a| !a.is_unspecified()) {
-                    eps.push((addr, audio.port));
-                    if !audio.rtcp_mux {
-                        let rtcp_addr = audio.rtcp_addr.unwrap_or(addr);
-                        eps.push((rtcp_addr, audio.rtcp_port.unwrap_or(audio.port.wrapping_add(1))));
-                    }
-                }
-                for ep in eps {
+                for ep in sdp.audio_endpoints() {
                     self.bind(ep, MediaRef { slot, uid: cref.uid, receiver: sender, shared: false }, false);
                 }
             }

@@ -14,6 +14,7 @@ pub mod model;
 pub mod rtp;
 pub mod sdp;
 pub mod sip;
+pub mod steer;
 pub mod store;
 pub mod tcp;
 pub mod timefmt;

@@ -163,6 +163,22 @@ impl Sdp {
     }
 
     /// The first audio stream with a usable port.
+    /// The (address, port) pairs a call's audio arrives on: RTP, and RTCP unless muxed. What the
+    /// engine binds to the call and what capture steers and lets through the XDP filter.
+    pub fn audio_endpoints(&self) -> Vec<(IpAddr, u16)> {
+        let mut eps = Vec::with_capacity(2);
+        if let Some(audio) = self.audio()
+            && let Some(addr) = audio.addr.filter(|a| !a.is_unspecified())
+        {
+            eps.push((addr, audio.port));
+            if !audio.rtcp_mux {
+                let rtcp_addr = audio.rtcp_addr.unwrap_or(addr);
+                eps.push((rtcp_addr, audio.rtcp_port.unwrap_or(audio.port.wrapping_add(1))));
+            }
+        }
+        eps
+    }
+
     pub fn audio(&self) -> Option<&Media> {
         self.media.iter().find(|m| m.kind == "audio" && m.port != 0)
     }

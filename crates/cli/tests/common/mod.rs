@@ -233,3 +233,14 @@ pub fn independent_g722(payload: &[u8]) -> Vec<i16> {
     assert!(out.status.success());
     out.stdout.chunks(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect()
 }
+
+/// The DTMF digits one side of a call (`search --json` row) sent, in order.
+pub fn dtmf_of(call: &Value, direction: &str) -> String {
+    call["dtmf_events"]
+        .as_array()
+        .expect("dtmf_events")
+        .iter()
+        .filter(|d| d["direction"] == direction)
+        .map(|d| d["digit"].as_str().unwrap_or("?").to_string())
+        .collect()
+}

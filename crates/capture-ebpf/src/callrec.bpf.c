@@ -1,0 +1,464 @@
+// SPDX-License-Identifier: MIT OR GPL-2.0
+/*
+ * callrec's XDP filter for a mirror (SPAN) port.
+ *
+ * A mirror port carries everything that crosses the switch; the recorder needs only SIP and the
+ * RTP/RTCP of calls in progress. This program keeps exactly that and drops the rest in the driver,
+ * before an skb is ever allocated:
+ *
+ *   - SIP: UDP or TCP with a source or destination port in the `ports` set, entry 0 (userspace
+ *     fills it from the configured signalling ports). TCP SIP flows are kept by port, so every
+ *     segment of a known SIP connection passes.
+ *   - Media: UDP whose destination or source (address, port) is in `media`, an LRU hash that
+ *     userspace fills from the SDP it sees and empties at call end or after an idle timeout; or,
+ *     opt-in, a port in the static range of `ports` entry 1 (media negotiated out of sight).
+ *   - UDP fragments after the first carry no ports; they pass so that large SIP messages can be
+ *     reassembled (they are rare on a voice network, and counted).
+ *
+ * Parsed: Ethernet, 802.1Q/802.1ad (two tags), IPv4 (options), IPv6 (extension headers), UDP and
+ * TCP, and one level of tunnel around them: IP-in-IP, GRE (plain, transparent Ethernet bridging,
+ * ERSPAN II and III), VXLAN and GTP-U. Kept packets are redirected into the AF_XDP socket of their
+ * receive queue through `xsks`; every verdict is counted per CPU in `counters` (the slot order is
+ * the `Counter` enum of the Rust side, in lib.rs).
+ */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define MAX_QUEUES 256
+#define MAX_MEDIA 262144
+
+enum counter {
+    C_PASS_SIP = 0,
+    C_PASS_MEDIA,
+    C_PASS_RANGE,
+    C_PASS_FRAGMENT,
+    C_DROP_OTHER,
+    C_DROP_NOT_IP,
+    C_MALFORMED,
+    C_REDIRECT_FAILED,
+    C_COUNT,
+};
+
+/* Keep in sync with MediaKey in lib.rs. */
+struct media_key {
+    __u8 addr[16];  /* IPv4 in the first four bytes, the rest zero */
+    __u16 port;     /* host byte order */
+    __u8 family;    /* 4 or 6 */
+    __u8 pad;
+};
+
+struct media_val {
+    __u64 last_ns;  /* bpf_ktime_get_ns() of the last packet that matched */
+};
+
+struct port_set {
+    __u8 bits[8192];
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_XSKMAP);
+    __uint(max_entries, MAX_QUEUES);
+    __type(key, __u32);
+    __type(value, __u32);
+} xsks SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, MAX_MEDIA);
+    __type(key, struct media_key);
+    __type(value, struct media_val);
+} media SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 2);
+    __type(key, __u32);
+    __type(value, struct port_set);
+} ports SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, C_COUNT);
+    __type(key, __u32);
+    __type(value, __u64);
+} counters SEC(".maps");
+
+enum verdict { V_SIP, V_MEDIA, V_RANGE, V_FRAGMENT, V_DROP, V_MALFORMED, V_TUNNEL };
+
+#define ETH_P_IPV4 0x0800
+#define ETH_P_IPV6_ 0x86DD
+#define ETH_P_8021Q_ 0x8100
+#define ETH_P_8021AD_ 0x88A8
+#define ETH_P_TEB_ 0x6558
+#define ETH_P_ERSPAN2 0x88BE
+#define ETH_P_ERSPAN3 0x22EB
+#define NEXT_ETHERNET 1 /* the tunnel carries an Ethernet frame */
+
+struct cursor {
+    void *pos;
+    void *end;
+};
+
+/* Keeps clang from folding a variable packet offset into later constant offsets, which would
+ * leave the verifier checking bounds on one pointer and seeing the access through another. */
+#define opaque(x) asm volatile("" : "+r"(x))
+
+static __always_inline void count(__u32 slot)
+{
+    __u64 *v = bpf_map_lookup_elem(&counters, &slot);
+    if (v)
+        *v += 1;
+}
+
+static __always_inline __u16 be16(const __u8 *p)
+{
+    return ((__u16)p[0] << 8) | p[1];
+}
+
+static __always_inline int port_in(__u32 set, __u16 port)
+{
+    struct port_set *s = bpf_map_lookup_elem(&ports, &set);
+    if (!s)
+        return 0;
+    return (s->bits[(port >> 3) & 8191] >> (port & 7)) & 1;
+}
+
+/* Ethernet plus up to two VLAN tags; returns the ethertype or -1 when truncated. */
+static __always_inline int parse_eth(struct cursor *c)
+{
+    __u8 *p = c->pos;
+    if ((void *)(p + 14) > c->end)
+        return -1;
+    __u16 proto = ((__u16)p[12] << 8) | p[13];
+    p += 14;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        if (proto != ETH_P_8021Q_ && proto != ETH_P_8021AD_)
+            break;
+        if ((void *)(p + 4) > c->end)
+            return -1;
+        proto = ((__u16)p[2] << 8) | p[3];
+        p += 4;
+    }
+    c->pos = p;
+    return proto;
+}
+
+static __always_inline int media_known(__u8 family, const __u8 *addr, __u16 port)
+{
+    struct media_key k = {};
+    k.family = family;
+    k.port = port;
+    if (family == 4)
+        __builtin_memcpy(k.addr, addr, 4);
+    else
+        __builtin_memcpy(k.addr, addr, 16);
+    struct media_val *v = bpf_map_lookup_elem(&media, &k);
+    if (!v)
+        return 0;
+    v->last_ns = bpf_ktime_get_ns();
+    return 1;
+}
+
+/* UDP after its IP header: SIP port, known media, a tunnel, the static range, or drop. */
+static __always_inline int udp_verdict(struct cursor *c, __u8 family, const __u8 *saddr, const __u8 *daddr,
+                                       int depth, int *next)
+{
+    __u8 *u = c->pos;
+    if ((void *)(u + 8) > c->end)
+        return V_MALFORMED;
+    __u16 sport = be16(u), dport = be16(u + 2);
+    if (port_in(0, sport) || port_in(0, dport))
+        return V_SIP;
+    if (media_known(family, daddr, dport) || media_known(family, saddr, sport))
+        return V_MEDIA;
+    if (depth == 0 && (dport == 4789 || dport == 8472)) {
+        c->pos = u + 16; /* UDP + VXLAN header */
+        *next = NEXT_ETHERNET;
+        return V_TUNNEL;
+    }
+    if (depth == 0 && dport == 2152) {
+        __u8 *g = u + 8;
+        if ((void *)(g + 8) > c->end)
+            return V_MALFORMED;
+        if ((g[0] >> 5) != 1 || g[1] != 0xff) /* GTPv1, G-PDU only */
+            return V_DROP;
+        __u8 *p = g + 8;
+        if (g[0] & 0x07) {
+            if ((void *)(g + 12) > c->end)
+                return V_MALFORMED;
+            __u8 ext = (g[0] & 0x04) ? g[11] : 0;
+            p = g + 12;
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                if (!ext)
+                    break;
+                if ((void *)(p + 1) > c->end)
+                    return V_MALFORMED;
+                __u32 len = (__u32)p[0] * 4;
+                if (len == 0 || len > 64)
+                    return V_MALFORMED;
+                __u8 *last = p + len - 1; /* the next extension's type */
+                if ((void *)(last + 1) > c->end)
+                    return V_MALFORMED;
+                ext = *last;
+                p = last + 1;
+            }
+            if (ext)
+                return V_DROP;
+        }
+        if ((void *)(p + 1) > c->end)
+            return V_MALFORMED;
+        __u8 v = p[0] >> 4;
+        c->pos = p;
+        *next = v == 4 ? ETH_P_IPV4 : v == 6 ? ETH_P_IPV6_ : 0;
+        return *next ? V_TUNNEL : V_DROP;
+    }
+    if (port_in(1, dport) || port_in(1, sport))
+        return V_RANGE;
+    return V_DROP;
+}
+
+static __always_inline int tcp_verdict(struct cursor *c)
+{
+    __u8 *t = c->pos;
+    if ((void *)(t + 20) > c->end)
+        return V_MALFORMED;
+    return port_in(0, be16(t)) || port_in(0, be16(t + 2)) ? V_SIP : V_DROP;
+}
+
+/* GRE: the length of its header and what it carries. */
+static __always_inline int gre_verdict(struct cursor *c, int *next)
+{
+    __u8 *g = c->pos;
+    if ((void *)(g + 4) > c->end)
+        return V_MALFORMED;
+    if ((g[1] & 0x07) != 0) /* version 1 is PPTP: its PPP payload is not followed here */
+        return V_DROP;
+    __u16 proto = ((__u16)g[2] << 8) | g[3];
+    __u32 len = 4;
+    if (g[0] & 0x80)
+        len += 4;
+    if (g[0] & 0x20)
+        len += 4;
+    if (g[0] & 0x10)
+        len += 4;
+    __u8 *p = g + len;
+    if (proto == ETH_P_IPV4 || proto == ETH_P_IPV6_) {
+        c->pos = p;
+        *next = proto;
+        return V_TUNNEL;
+    }
+    if (proto == ETH_P_TEB_) {
+        c->pos = p;
+        *next = NEXT_ETHERNET;
+        return V_TUNNEL;
+    }
+    if (proto == ETH_P_ERSPAN2) {
+        c->pos = p + 8;
+        *next = NEXT_ETHERNET;
+        return V_TUNNEL;
+    }
+    if (proto == ETH_P_ERSPAN3) {
+        if ((void *)(p + 12) > c->end)
+            return V_MALFORMED;
+        c->pos = p + 12 + ((p[11] & 0x01) ? 8 : 0);
+        *next = NEXT_ETHERNET;
+        return V_TUNNEL;
+    }
+    return V_DROP;
+}
+
+static __always_inline int l4_verdict(struct cursor *c, __u8 proto, __u8 family, const __u8 *saddr,
+                                      const __u8 *daddr, int depth, int *next)
+{
+    switch (proto) {
+    case IPPROTO_UDP:
+        return udp_verdict(c, family, saddr, daddr, depth, next);
+    case IPPROTO_TCP:
+        return tcp_verdict(c);
+    }
+    if (depth > 0)
+        return V_DROP;
+    switch (proto) {
+    case IPPROTO_IPIP:
+        *next = ETH_P_IPV4;
+        return V_TUNNEL;
+    case IPPROTO_IPV6:
+        *next = ETH_P_IPV6_;
+        return V_TUNNEL;
+    case IPPROTO_GRE:
+        return gre_verdict(c, next);
+    }
+    return V_DROP;
+}
+
+static __always_inline int ipv4_verdict(struct cursor *c, int depth, int *next)
+{
+    __u8 *ip = c->pos;
+    if ((void *)(ip + 20) > c->end)
+        return V_MALFORMED;
+    if ((ip[0] >> 4) != 4)
+        return V_MALFORMED;
+    __u32 ihl = (ip[0] & 0x0f) * 4;
+    if (ihl < 20)
+        return V_MALFORMED;
+    if ((void *)(ip + ihl) > c->end)
+        return V_MALFORMED;
+    __u8 proto = ip[9];
+    __u16 frag = (((__u16)ip[6] << 8) | ip[7]) & 0x3fff;
+    if (frag) {
+        if (proto != IPPROTO_UDP)
+            return V_DROP;
+        /* Later fragments carry no ports; keep every piece of a fragmented datagram so that
+         * userspace can reassemble it and decide (SIP INVITEs with big SDP do fragment). */
+        return V_FRAGMENT;
+    }
+    c->pos = ip + ihl;
+    return l4_verdict(c, proto, 4, ip + 12, ip + 16, depth, next);
+}
+
+static __always_inline int ipv6_verdict(struct cursor *c, int depth, int *next)
+{
+    __u8 *ip = c->pos;
+    if ((void *)(ip + 40) > c->end)
+        return V_MALFORMED;
+    if ((ip[0] >> 4) != 6)
+        return V_MALFORMED;
+    __u8 proto = ip[6];
+    __u8 *p = ip + 40;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        if (proto == 0 || proto == 43 || proto == 60) {
+            if ((void *)(p + 2) > c->end)
+                return V_MALFORMED;
+            __u32 len = ((__u32)p[1] + 1) * 8;
+            proto = p[0];
+            p += len;
+        } else if (proto == 44) {
+            if ((void *)(p + 8) > c->end)
+                return V_MALFORMED;
+            __u16 off = (((__u16)p[2] << 8) | p[3]);
+            if ((off & 0xfff8) != 0 || (off & 1))
+                return p[0] == IPPROTO_UDP ? V_FRAGMENT : V_DROP;
+            proto = p[0];
+            p += 8;
+        } else {
+            break;
+        }
+    }
+    if ((void *)p > c->end)
+        return V_MALFORMED;
+    c->pos = p;
+    return l4_verdict(c, proto, 6, ip + 8, ip + 24, depth, next);
+}
+
+/* Everything after the link layer, in a global function: the verifier checks it once on its
+ * own, with `off` as an unknown bounded offset, instead of once per path through the caller
+ * (inlining the whole parser for the outer and the tunnelled packet multiplies the paths past the
+ * verifier's budget). */
+struct l3_out {
+    __u32 off;  /* where a tunnel's inner packet starts */
+    __u32 next; /* its ethertype, or NEXT_ETHERNET */
+};
+
+__attribute__((noinline)) int l3_classify(struct xdp_md *ctx, __u32 off, __u32 ethertype, __u32 depth,
+                                          struct l3_out *out)
+{
+    if (!out)
+        return V_MALFORMED;
+    if (off > 511)
+        return V_MALFORMED;
+    void *data = (void *)(long)ctx->data;
+    __u64 o = off;
+    opaque(o);  /* so that clang keeps the mask: it is what bounds the offset for the verifier */
+    o &= 511;
+    void *pos = data + o;
+    struct cursor c = { .pos = pos, .end = (void *)(long)ctx->data_end };
+    int next = 0;
+    int v;
+    if (ethertype == ETH_P_IPV4)
+        v = ipv4_verdict(&c, depth, &next);
+    else if (ethertype == ETH_P_IPV6_)
+        v = ipv6_verdict(&c, depth, &next);
+    else
+        return -1;
+    if (v == V_TUNNEL) {
+        out->off = (__u32)(c.pos - data);
+        out->next = next;
+    }
+    return v;
+}
+
+/* Ethernet and VLAN tags at `off`; the ethertype, or -1 when truncated. */
+__attribute__((noinline)) int eth_classify(struct xdp_md *ctx, __u32 off, struct l3_out *out)
+{
+    if (!out)
+        return -1;
+    if (off > 511)
+        return -1;
+    void *data = (void *)(long)ctx->data;
+    __u64 o = off;
+    opaque(o);  /* so that clang keeps the mask: it is what bounds the offset for the verifier */
+    o &= 511;
+    void *pos = data + o;
+    struct cursor c = { .pos = pos, .end = (void *)(long)ctx->data_end };
+    int proto = parse_eth(&c);
+    if (proto >= 0)
+        out->off = (__u32)(c.pos - data);
+    return proto;
+}
+
+SEC("xdp")
+int callrec_filter(struct xdp_md *ctx)
+{
+    struct l3_out o = {};
+    int proto = eth_classify(ctx, 0, &o);
+    if (proto < 0) {
+        count(C_MALFORMED);
+        return XDP_DROP;
+    }
+    int v = l3_classify(ctx, o.off, proto, 0, &o);
+    if (v < 0) {
+        count(C_DROP_NOT_IP);
+        return XDP_DROP;
+    }
+    if (v == V_TUNNEL) {
+        if (o.next == NEXT_ETHERNET) {
+            proto = eth_classify(ctx, o.off, &o);
+            v = proto < 0 ? V_MALFORMED : l3_classify(ctx, o.off, proto, 1, &o);
+        } else {
+            v = l3_classify(ctx, o.off, o.next, 1, &o);
+        }
+        if (v < 0 || v == V_TUNNEL)
+            v = V_DROP;
+    }
+    switch (v) {
+    case V_SIP:
+        count(C_PASS_SIP);
+        break;
+    case V_MEDIA:
+        count(C_PASS_MEDIA);
+        break;
+    case V_RANGE:
+        count(C_PASS_RANGE);
+        break;
+    case V_FRAGMENT:
+        count(C_PASS_FRAGMENT);
+        break;
+    case V_MALFORMED:
+        count(C_MALFORMED);
+        return XDP_DROP;
+    default:
+        count(C_DROP_OTHER);
+        return XDP_DROP;
+    }
+    long r = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_DROP);
+    if (r != XDP_REDIRECT)
+        count(C_REDIRECT_FAILED);
+    return r;
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

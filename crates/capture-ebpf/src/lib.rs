@@ -1,0 +1,132 @@
+//! callrec's kernel side: the XDP filter for a mirror port (C in `callrec.bpf.c`, compiled by
+//! build.rs) embedded as an ELF object for aya to load, and the types of the maps it shares with
+//! userspace. The layouts here mirror the C structs field for field.
+
+/// The compiled XDP object (program `callrec_filter`; maps `xsks`, `media`, `ports`, `counters`).
+pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/callrec.bpf.o"));
+
+/// Name of the XDP program in [`PROGRAM`].
+pub const PROGRAM_NAME: &str = "callrec_filter";
+pub const MAP_XSKS: &str = "xsks";
+pub const MAP_MEDIA: &str = "media";
+pub const MAP_PORTS: &str = "ports";
+pub const MAP_COUNTERS: &str = "counters";
+
+/// Entries of the `ports` map.
+pub const PORTS_SIP: u32 = 0;
+pub const PORTS_MEDIA_RANGE: u32 = 1;
+/// Capacity of the `media` LRU map (endpoints of calls in progress).
+pub const MAX_MEDIA: u32 = 262_144;
+/// Capacity of the `xsks` map: receive queues per interface.
+pub const MAX_QUEUES: u32 = 256;
+
+/// A media endpoint: key of the `media` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct MediaKey {
+    /// IPv4 in the first four bytes, the rest zero.
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    /// 4 or 6.
+    pub family: u8,
+    pub pad: u8,
+}
+
+// SAFETY: plain old data with no padding holes (16 + 2 + 1 + 1 bytes, alignment 2).
+unsafe impl aya::Pod for MediaKey {}
+
+impl MediaKey {
+    pub fn new(ip: core::net::IpAddr, port: u16) -> Self {
+        let mut k = MediaKey { port, ..Default::default() };
+        match ip {
+            core::net::IpAddr::V4(a) => {
+                k.family = 4;
+                k.addr[..4].copy_from_slice(&a.octets());
+            }
+            core::net::IpAddr::V6(a) => {
+                k.family = 6;
+                k.addr = a.octets();
+            }
+        }
+        k
+    }
+}
+
+/// Value of the `media` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MediaVal {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet that matched.
+    pub last_ns: u64,
+}
+
+// SAFETY: a single u64.
+unsafe impl aya::Pod for MediaVal {}
+
+/// A set of UDP/TCP ports, one bit each: value of the `ports` map.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PortSet {
+    pub bits: [u8; 8192],
+}
+
+// SAFETY: a byte array.
+unsafe impl aya::Pod for PortSet {}
+
+impl Default for PortSet {
+    fn default() -> Self {
+        PortSet { bits: [0; 8192] }
+    }
+}
+
+impl PortSet {
+    pub fn insert(&mut self, port: u16) {
+        self.bits[usize::from(port >> 3)] |= 1 << (port & 7);
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.bits[usize::from(port >> 3)] & (1 << (port & 7)) != 0
+    }
+}
+
+/// Slots of the per-CPU `counters` map, in the order of `enum counter` in the C program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Counter {
+    PassSip = 0,
+    PassMedia,
+    PassRange,
+    PassFragment,
+    DropOther,
+    DropNotIp,
+    Malformed,
+    RedirectFailed,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 8] = [
+        Counter::PassSip,
+        Counter::PassMedia,
+        Counter::PassRange,
+        Counter::PassFragment,
+        Counter::DropOther,
+        Counter::DropNotIp,
+        Counter::Malformed,
+        Counter::RedirectFailed,
+    ];
+
+    /// The name used in `callrec status` and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::PassSip => "passed_sip",
+            Counter::PassMedia => "passed_media",
+            Counter::PassRange => "passed_static_range",
+            Counter::PassFragment => "passed_fragment",
+            Counter::DropOther => "dropped",
+            Counter::DropNotIp => "dropped_not_ip",
+            Counter::Malformed => "malformed",
+            Counter::RedirectFailed => "redirect_failed",
+        }
+    }
+}

@@ -1,0 +1,800 @@
+//! `callrec capture`: live recording from mirror ports, the product's main job.
+//!
+//! Threads and what flows between them:
+//!
+//! ```text
+//!  reader (one per interface queue)          worker (one per core)            main thread
+//!  ring → decode (+IP reassembly)            decode → Engine → StoreSink      signals, XDP maps,
+//!       → Steering (Call-ID / endpoint)  ──▶  (its own index connection)      status file, logs
+//!       → batch for worker W (1 copy)   batches over bounded crossbeam queues
+//!  Learned ──▶ other readers   KernelChange ──▶ main (XDP media map)
+//! ```
+//!
+//! A full worker queue drops the batch and counts it (never blocks the ring, whose own overflow
+//! the kernel counts). SIGINT/SIGTERM stop the readers; workers drain their queues, end every call
+//! in progress as `capture-ended`, flush the index and exit; the XDP program is detached last.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use capture_core::live::afpacket::{AfPacketConfig, AfPacketSource};
+use capture_core::live::afxdp::{AfXdpConfig, AfXdpSource};
+use capture_core::live::pcapdev::PcapSource;
+use capture_core::live::xdp::{MediaMap, XdpFilter};
+use capture_core::live::{Backoff, Promisc, Source, now_ns};
+use capture_core::{Decoded, Decoder};
+use crossbeam::channel::{Receiver, Sender, TrySendError, bounded, unbounded};
+use recorder::steer::{KernelChange, Learned, SteerConfig, Steering};
+use recorder::store::Store;
+use recorder::{Config, Engine};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// XDP filter in the driver + AF_XDP sockets (falls back to af-packet where XDP cannot attach).
+    Xdp,
+    /// AF_PACKET with a TPACKET_V3 ring.
+    AfPacket,
+    /// libpcap.
+    Pcap,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Xdp => "xdp",
+            Mode::AfPacket => "af-packet",
+            Mode::Pcap => "pcap",
+        }
+    }
+}
+
+/// Every setting of `capture`, as flags; each can also come from the TOML file of `--config`
+/// (same names, with `_` for `-`; flags win).
+#[derive(Debug, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureArgs {
+    /// Configuration file (TOML) with any of these settings, and `store`.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Mirror interface to record from (repeat for several).
+    #[arg(long = "iface", value_name = "IF")]
+    #[serde(default, rename = "interfaces")]
+    pub ifaces: Vec<String>,
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Receive queues (AF_XDP sockets, or AF_PACKET fanout members) per interface [default: all
+    /// the interface's queues for xdp, 1 otherwise].
+    #[arg(long, value_name = "N")]
+    pub queues: Option<u32>,
+    /// Worker threads that assemble and store calls [default: available cores, at most 8].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<u32>,
+    /// SIP signalling port kept by the XDP filter (repeat; default 5060 and 5061).
+    #[arg(long = "sip-port", value_name = "PORT")]
+    #[serde(default)]
+    pub sip_ports: Vec<u16>,
+    /// Opt-in static media range LO-HI kept by the XDP filter, for media negotiated out of sight.
+    #[arg(long, value_name = "LO-HI")]
+    pub media_ports: Option<String>,
+    /// Attach XDP in generic (skb) mode instead of driver mode.
+    #[arg(long)]
+    #[serde(default)]
+    pub xdp_generic: bool,
+    /// Seconds without SIP or media after which a call's endpoints leave the filter [default 600].
+    #[arg(long, value_name = "SECS")]
+    pub media_idle_timeout: Option<u64>,
+    /// Seconds between status log lines on stderr (0: only warnings) [default 10].
+    #[arg(long, value_name = "SECS")]
+    pub log_interval: Option<u64>,
+    /// Stop by itself after this many seconds (tests, demos).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// The store, from the configuration file (the global --store flag wins).
+    #[arg(skip)]
+    pub store: Option<PathBuf>,
+    /// Retention default in days for `purge` (recorded in the status; enforcement is `purge`'s).
+    #[arg(skip)]
+    pub retention_days: Option<u32>,
+}
+
+impl CaptureArgs {
+    /// Reads `--config` and fills what the flags left unset.
+    pub fn resolve(mut self) -> Result<CaptureArgs> {
+        let Some(path) = self.config.clone() else { return Ok(self) };
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let file: CaptureArgs =
+            toml::from_str(&text).with_context(|| format!("{}: invalid configuration", path.display()))?;
+        if self.ifaces.is_empty() {
+            self.ifaces = file.ifaces;
+        }
+        if self.sip_ports.is_empty() {
+            self.sip_ports = file.sip_ports;
+        }
+        self.mode = self.mode.or(file.mode);
+        self.queues = self.queues.or(file.queues);
+        self.workers = self.workers.or(file.workers);
+        self.media_ports = self.media_ports.or(file.media_ports);
+        self.xdp_generic |= file.xdp_generic;
+        self.media_idle_timeout = self.media_idle_timeout.or(file.media_idle_timeout);
+        self.log_interval = self.log_interval.or(file.log_interval);
+        self.duration = self.duration.or(file.duration);
+        self.store = file.store;
+        self.retention_days = file.retention_days;
+        Ok(self)
+    }
+}
+
+fn parse_range(s: &str) -> Result<(u16, u16)> {
+    let (a, b) = s.split_once('-').with_context(|| format!("--media-ports {s}: expected LO-HI, e.g. 16384-32767"))?;
+    let (lo, hi): (u16, u16) = (
+        a.trim().parse().with_context(|| format!("--media-ports {s}: {a} is not a port"))?,
+        b.trim().parse().with_context(|| format!("--media-ports {s}: {b} is not a port"))?,
+    );
+    if lo > hi {
+        bail!("--media-ports {s}: the low port is above the high one");
+    }
+    Ok((lo, hi))
+}
+
+/// One frame handed to a worker: time, link type, and where its bytes lie in the batch buffer.
+#[derive(Clone, Copy)]
+struct Item {
+    ts: i64,
+    linktype: u32,
+    off: u32,
+    len: u32,
+}
+
+/// Frames for one worker, copied once out of the ring. Recycled through the worker's pool.
+#[derive(Default)]
+struct Batch {
+    data: Vec<u8>,
+    items: Vec<Item>,
+}
+
+const BATCH_FRAMES: usize = 256;
+const BATCH_BYTES: usize = 256 * 1024;
+const QUEUE_BATCHES: usize = 1024;
+
+#[derive(Default)]
+struct ReaderStats {
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    ring_drops: AtomicU64,
+    other_drops: AtomicU64,
+    queue_drops: AtomicU64,
+    unmatched: AtomicU64,
+    not_decoded: AtomicU64,
+}
+
+#[derive(Default)]
+struct WorkerStats {
+    packets: AtomicU64,
+    active_calls: AtomicU64,
+    calls_started: AtomicU64,
+    recorded: AtomicU64,
+    store_errors: AtomicU64,
+    /// How far behind the wire the worker is (ns between a frame's capture and its processing).
+    lag_ns: AtomicU64,
+}
+
+struct WorkerLink {
+    tx: Sender<Batch>,
+    pool: Receiver<Batch>,
+}
+
+pub fn run(dir: &Path, args: CaptureArgs, user: &str) -> Result<ExitCode> {
+    if args.ifaces.is_empty() {
+        bail!("no interface to capture from: give --iface IF (or `interfaces = [\"IF\"]` in --config)");
+    }
+    let mut store = Store::open(dir)?;
+    store.public_key()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing the signal handlers")?;
+    }
+    let mode = args.mode.unwrap_or(Mode::Xdp);
+    let sip_ports = if args.sip_ports.is_empty() { vec![5060, 5061] } else { args.sip_ports.clone() };
+    let media_range = args.media_ports.as_deref().map(parse_range).transpose()?;
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32).min(8))
+        .max(1);
+    let idle_ns = args.media_idle_timeout.unwrap_or(600) as i64 * 1_000_000_000;
+
+    // Sources first: a missing interface or capability fails before anything starts.
+    let mut filters: Vec<XdpFilter> = Vec::new();
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    let mut promisc: Vec<Promisc> = Vec::new();
+    let mut modes: Vec<String> = Vec::new();
+    for (i, iface) in args.ifaces.iter().enumerate() {
+        let mut used = mode;
+        if mode == Mode::Xdp {
+            match open_xdp(iface, &args, &sip_ports, media_range) {
+                Ok((f, s)) => {
+                    modes.push(format!(
+                        "{iface}: xdp ({}), {}",
+                        f.mode(),
+                        s.iter().map(|s| s.label()).collect::<Vec<_>>().join(", ")
+                    ));
+                    filters.push(f);
+                    sources.extend(s);
+                }
+                Err(e) => {
+                    eprintln!("callrec: warning: {iface}: XDP capture unavailable ({e:#}); falling back to af-packet");
+                    used = Mode::AfPacket;
+                }
+            }
+        }
+        match used {
+            Mode::Xdp => {}
+            Mode::AfPacket => {
+                let n = args.queues.unwrap_or(1).max(1);
+                let group = (n > 1).then_some(((std::process::id() as u16) ^ (i as u16)).max(1));
+                for m in 0..n {
+                    let s = AfPacketSource::open(iface, m, group, AfPacketConfig::default())
+                        .with_context(|| format!("capture on {iface}"))?;
+                    modes.push(s.label());
+                    sources.push(Box::new(s));
+                }
+            }
+            Mode::Pcap => {
+                let s = PcapSource::open(iface, 64 << 20).with_context(|| format!("capture on {iface}"))?;
+                modes.push(s.label());
+                sources.push(Box::new(s));
+            }
+        }
+        promisc.push(Promisc::enable(iface).with_context(|| format!("promiscuous mode on {iface}"))?);
+    }
+    let started = now_ns();
+    eprintln!(
+        "callrec: capturing on {} with {workers} worker(s) into {}; SIGINT or SIGTERM stops",
+        modes.join("; "),
+        dir.display()
+    );
+    store.index.audit(user, "capture-start", &args.ifaces.join(","), &format!("mode {}", mode.as_str()))?;
+    drop(store);
+
+    // Workers.
+    let mut links = Vec::new();
+    let mut worker_stats = Vec::new();
+    let mut worker_threads = Vec::new();
+    for w in 0..workers {
+        let (tx, rx) = bounded::<Batch>(QUEUE_BATCHES);
+        let (pool_tx, pool_rx) = bounded::<Batch>(QUEUE_BATCHES + 64);
+        let stats = Arc::new(WorkerStats::default());
+        let (d, st) = (dir.to_path_buf(), Arc::clone(&stats));
+        let handle = std::thread::Builder::new()
+            .name(format!("callrec-worker-{w}"))
+            .spawn(move || worker(&d, rx, pool_tx, &st))
+            .context("starting a worker thread")?;
+        links.push(WorkerLink { tx, pool: pool_rx });
+        worker_stats.push(stats);
+        worker_threads.push(handle);
+    }
+    let links = Arc::new(links);
+
+    // Readers, with their replicas' channels.
+    let n_readers = sources.len();
+    let (learn_txs, learn_rxs): (Vec<_>, Vec<_>) = (0..n_readers).map(|_| unbounded::<Learned>()).unzip();
+    let readers_stop = Arc::new(AtomicBool::new(false));
+    let mut reader_stats = Vec::new();
+    let mut reader_labels = Vec::new();
+    let mut reader_threads = Vec::new();
+    for (i, (src, learn_rx)) in sources.into_iter().zip(learn_rxs).enumerate() {
+        let peers: Vec<Sender<Learned>> =
+            learn_txs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, t)| t.clone()).collect();
+        let stats = Arc::new(ReaderStats::default());
+        reader_labels.push((src.iface().to_string(), src.queue(), src.label()));
+        let ctx = ReaderCtx {
+            links: Arc::clone(&links),
+            stats: Arc::clone(&stats),
+            stop: Arc::clone(&readers_stop),
+            peers,
+            learn_rx,
+            media_maps: filters.iter().map(XdpFilter::media).collect(),
+            steer: SteerConfig { workers, idle_ns, ..Default::default() },
+        };
+        reader_threads.push(
+            std::thread::Builder::new()
+                .name(format!("callrec-reader-{i}"))
+                .spawn(move || reader(src, ctx))
+                .context("starting a reader thread")?,
+        );
+        reader_stats.push(stats);
+    }
+    drop(learn_txs);
+    drop(links);
+
+    // Main loop: kernel map upkeep, status, logs, stop.
+    let status_path = dir.join("capture-status.json");
+    let deadline = args.duration.map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let log_every = Duration::from_secs(args.log_interval.unwrap_or(10));
+    let mut last_log = Instant::now();
+    let mut last_status = Instant::now() - Duration::from_secs(2);
+    let mut prev_packets = 0u64;
+    let mut prev_at = Instant::now();
+    let mut pps = 0.0;
+    let mut warned_drops = 0u64;
+    let view =
+        StatusView { started, mode: mode.as_str(), readers: &reader_labels, retention_days: args.retention_days };
+    loop {
+        let stopping = stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d);
+        if stopping {
+            break;
+        }
+        if last_status.elapsed() >= Duration::from_secs(1) {
+            let total: u64 = reader_stats.iter().map(|s| s.packets.load(Ordering::Relaxed)).sum();
+            let dt = prev_at.elapsed().as_secs_f64();
+            pps = (total - prev_packets) as f64 / dt.max(1e-3);
+            prev_packets = total;
+            prev_at = Instant::now();
+            let status = view.render(true, pps, &reader_stats, &worker_stats, &filters);
+            write_status(&status_path, &status);
+            let drops = drops_of(&status);
+            if drops > warned_drops {
+                eprintln!("callrec: warning: {} packets lost so far (ring/queue drops); see `callrec status`", drops);
+                warned_drops = drops;
+            }
+            if !log_every.is_zero() && last_log.elapsed() >= log_every {
+                last_log = Instant::now();
+                eprintln!(
+                    "callrec: {:.0} packets/s, {} active calls, {} recorded, {} drops",
+                    pps, status["totals"]["active_calls"], status["totals"]["recorded"], drops
+                );
+            }
+            last_status = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    eprintln!("callrec: stopping: finishing calls in progress");
+    readers_stop.store(true, Ordering::Relaxed);
+    for t in reader_threads {
+        if t.join().is_err() {
+            eprintln!("callrec: error: a reader thread panicked");
+        }
+    }
+    let mut worker_failed = false;
+    for t in worker_threads {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                worker_failed = true;
+                eprintln!("callrec: error: worker: {e:#}");
+            }
+            Err(_) => {
+                worker_failed = true;
+                eprintln!("callrec: error: a worker thread panicked");
+            }
+        }
+    }
+    let status = view.render(false, pps, &reader_stats, &worker_stats, &filters);
+    write_status(&status_path, &status);
+    drop(filters);
+    drop(promisc);
+    let mut store = Store::open(dir)?;
+    let summary = format!(
+        "{} packets, {} calls recorded, {} drops",
+        status["totals"]["packets"], status["totals"]["recorded"], status["totals"]["drops"]
+    );
+    store.index.audit(user, "capture-stop", &args.ifaces.join(","), &summary)?;
+    eprintln!("callrec: capture ended: {summary}");
+    println!("{}", serde_json::to_string_pretty(&status)?);
+    Ok(if worker_failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn open_xdp(
+    iface: &str,
+    args: &CaptureArgs,
+    sip_ports: &[u16],
+    media_range: Option<(u16, u16)>,
+) -> Result<(XdpFilter, Vec<Box<dyn Source>>)> {
+    let mut f = XdpFilter::attach(iface, args.xdp_generic)?;
+    f.set_sip_ports(sip_ports)?;
+    f.set_media_range(media_range)?;
+    let queues = args.queues.unwrap_or_else(|| capture_core::live::rx_queues(iface));
+    let mut out: Vec<Box<dyn Source>> = Vec::new();
+    for q in 0..queues {
+        out.push(Box::new(AfXdpSource::open(&mut f, q, AfXdpConfig::default())?));
+    }
+    Ok((f, out))
+}
+
+struct ReaderCtx {
+    links: Arc<Vec<WorkerLink>>,
+    stats: Arc<ReaderStats>,
+    stop: Arc<AtomicBool>,
+    peers: Vec<Sender<Learned>>,
+    learn_rx: Receiver<Learned>,
+    media_maps: Vec<MediaMap>,
+    steer: SteerConfig,
+}
+
+fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx) {
+    let linktype = src.linktype();
+    let mut decoder = Decoder::default();
+    let mut steering = Steering::new(ctx.steer);
+    let mut batches: Vec<Batch> = ctx.links.iter().map(|_| Batch::default()).collect();
+    let mut learned = Vec::new();
+    let mut kernel = Vec::new();
+    let mut backoff = Backoff::new(Duration::from_millis(1));
+    let mut last_stats = Instant::now();
+    let mut last_flush = Instant::now();
+    let stats = Arc::clone(&ctx.stats);
+    loop {
+        for ev in ctx.learn_rx.try_iter() {
+            steering.apply(&ev);
+        }
+        let res = src.poll(256, &mut |ts, frame| {
+            stats.bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
+            stats.packets.fetch_add(1, Ordering::Relaxed);
+            let pkt = match decoder.decode(ts, linktype, frame) {
+                Ok(Decoded::Packet(p)) => p,
+                Ok(Decoded::Ignored(_)) | Err(_) => {
+                    stats.not_decoded.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            let Some(w) = steering.route(&pkt, ts, &mut learned, &mut kernel) else {
+                stats.unmatched.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let b = &mut batches[w as usize];
+            let off = b.data.len() as u32;
+            if frame.as_ptr_range().contains(&pkt.payload.as_ptr()) || pkt.payload.is_empty() {
+                b.data.extend_from_slice(frame);
+                b.items.push(Item { ts, linktype, off, len: frame.len() as u32 });
+            } else {
+                // A reassembled datagram: hand the worker one synthetic frame holding it whole.
+                let f = capture_core::synth::Flow { src: pkt.src, dst: pkt.dst, sport: pkt.sport, dport: pkt.dport };
+                let whole = capture_core::synth::udp_frame(&f, pkt.payload);
+                b.data.extend_from_slice(&whole);
+                b.items.push(Item {
+                    ts,
+                    linktype: capture_core::decode::linktype::ETHERNET,
+                    off,
+                    len: whole.len() as u32,
+                });
+            }
+            if b.items.len() >= BATCH_FRAMES || b.data.len() >= BATCH_BYTES {
+                send(&ctx.links[w as usize], b, &stats);
+            }
+        });
+        let n = match res {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("callrec: error: {} stopped: {e}", src.label());
+                break;
+            }
+        };
+        if !learned.is_empty() {
+            for ev in learned.drain(..) {
+                for p in &ctx.peers {
+                    let _ = p.send(ev.clone());
+                }
+            }
+        }
+        apply_kernel(&ctx.media_maps, &mut kernel);
+        if n == 0 || last_flush.elapsed() >= Duration::from_millis(5) {
+            for (w, b) in batches.iter_mut().enumerate() {
+                if !b.items.is_empty() {
+                    send(&ctx.links[w], b, &stats);
+                }
+            }
+            last_flush = Instant::now();
+        }
+        if last_stats.elapsed() >= Duration::from_millis(500) {
+            let s = src.stats();
+            stats.ring_drops.store(s.ring_drops, Ordering::Relaxed);
+            stats.other_drops.store(s.other_drops, Ordering::Relaxed);
+            steering.sweep(now_ns(), &mut kernel);
+            apply_kernel(&ctx.media_maps, &mut kernel);
+            last_stats = Instant::now();
+        }
+        if ctx.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if n == 0 {
+            backoff.wait();
+        } else {
+            backoff.reset();
+        }
+    }
+    for (w, b) in batches.iter_mut().enumerate() {
+        if !b.items.is_empty() {
+            send(&ctx.links[w], b, &stats);
+        }
+    }
+    let s = src.stats();
+    stats.ring_drops.store(s.ring_drops, Ordering::Relaxed);
+    stats.other_drops.store(s.other_drops, Ordering::Relaxed);
+}
+
+/// Applies the steering's endpoint changes to every interface's XDP media map.
+fn apply_kernel(maps: &[MediaMap], changes: &mut Vec<KernelChange>) {
+    for ch in changes.drain(..) {
+        for m in maps {
+            match ch {
+                KernelChange::Add((ip, port)) => {
+                    if let Err(e) = m.add(ip, port) {
+                        eprintln!("callrec: warning: {e}");
+                    }
+                }
+                KernelChange::Remove((ip, port)) => m.remove_if_idle(ip, port, Duration::from_secs(2)),
+            }
+        }
+    }
+}
+
+/// Hands a full batch to its worker and takes an empty one from the worker's pool.
+fn send(link: &WorkerLink, b: &mut Batch, stats: &ReaderStats) {
+    let fresh = link.pool.try_recv().unwrap_or_default();
+    let full = std::mem::replace(b, fresh);
+    match link.tx.try_send(full) {
+        Ok(()) => {}
+        Err(TrySendError::Full(mut back)) | Err(TrySendError::Disconnected(mut back)) => {
+            stats.queue_drops.fetch_add(back.items.len() as u64, Ordering::Relaxed);
+            back.items.clear();
+            back.data.clear();
+            *b = back;
+        }
+    }
+}
+
+fn worker(dir: &Path, rx: Receiver<Batch>, pool: Sender<Batch>, stats: &WorkerStats) -> Result<()> {
+    let mut store = Store::open(dir)?;
+    let mut sink = store.recorder()?;
+    let mut engine = Engine::new(Config::default());
+    let mut decoder = Decoder::default();
+    let publish = |engine: &Engine, sink: &recorder::store::StoreSink<'_>| {
+        stats.active_calls.store(engine.active_calls() as u64, Ordering::Relaxed);
+        stats.calls_started.store(engine.stats().calls_started, Ordering::Relaxed);
+        stats.recorded.store(sink.recorded, Ordering::Relaxed);
+        stats.store_errors.store(sink.errors.len() as u64, Ordering::Relaxed);
+    };
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(mut batch) => {
+                for it in &batch.items {
+                    let frame = &batch.data[it.off as usize..(it.off + it.len) as usize];
+                    if let Ok(Decoded::Packet(p)) = decoder.decode(it.ts, it.linktype, frame) {
+                        engine.handle(&p, it.ts, &mut sink);
+                    }
+                }
+                stats.packets.fetch_add(batch.items.len() as u64, Ordering::Relaxed);
+                if let Some(last) = batch.items.last() {
+                    stats.lag_ns.store(now_ns().saturating_sub(last.ts).max(0) as u64, Ordering::Relaxed);
+                }
+                batch.items.clear();
+                batch.data.clear();
+                let _ = pool.try_send(batch);
+            }
+            Err(crossbeam::channel::RecvTimeoutError::Timeout) => stats.lag_ns.store(0, Ordering::Relaxed),
+            Err(crossbeam::channel::RecvTimeoutError::Disconnected) => break,
+        }
+        let now = now_ns();
+        engine.poll(now, &mut sink);
+        sink.tick(now);
+        publish(&engine, &sink);
+    }
+    engine.finish(&mut sink);
+    sink.flush();
+    publish(&engine, &sink);
+    for e in sink.errors.iter().take(10) {
+        eprintln!("callrec: store error: {e}");
+    }
+    Ok(())
+}
+
+struct StatusView<'a> {
+    started: i64,
+    mode: &'static str,
+    readers: &'a [(String, u32, String)],
+    retention_days: Option<u32>,
+}
+
+impl StatusView<'_> {
+    fn render(
+        &self,
+        running: bool,
+        pps: f64,
+        readers: &[Arc<ReaderStats>],
+        workers: &[Arc<WorkerStats>],
+        filters: &[XdpFilter],
+    ) -> serde_json::Value {
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let queues: Vec<_> = self
+            .readers
+            .iter()
+            .zip(readers)
+            .map(|((iface, q, label), s)| {
+                json!({
+                    "interface": iface, "queue": q, "source": label,
+                    "packets": ld(&s.packets), "bytes": ld(&s.bytes),
+                    "ring_drops": ld(&s.ring_drops), "other_drops": ld(&s.other_drops),
+                    "queue_drops": ld(&s.queue_drops), "unmatched": ld(&s.unmatched),
+                    "not_decoded": ld(&s.not_decoded),
+                })
+            })
+            .collect();
+        let ws: Vec<_> = workers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                json!({
+                    "worker": i, "packets": ld(&s.packets), "active_calls": ld(&s.active_calls),
+                    "calls": ld(&s.calls_started), "recorded": ld(&s.recorded),
+                    "store_errors": ld(&s.store_errors), "lag_ms": ld(&s.lag_ns) as f64 / 1e6,
+                })
+            })
+            .collect();
+        let xdp: serde_json::Map<String, serde_json::Value> = filters
+            .iter()
+            .map(|f| {
+                let c = f.counters();
+                let mut m = serde_json::Map::new();
+                m.insert("attach_mode".into(), json!(f.mode()));
+                for k in capture_ebpf_counter_names() {
+                    m.insert(k.1.into(), json!(c[k.0]));
+                }
+                m.insert("media_endpoints".into(), json!(f.media_len()));
+                (f.iface().to_string(), serde_json::Value::Object(m))
+            })
+            .collect();
+        let sum = |f: fn(&ReaderStats) -> &AtomicU64| readers.iter().map(|s| ld(f(s))).sum::<u64>();
+        let drops = sum(|s| &s.ring_drops) + sum(|s| &s.other_drops) + sum(|s| &s.queue_drops);
+        json!({
+            "pid": std::process::id(),
+            "running": running,
+            "mode": self.mode,
+            "started": recorder::timefmt::rfc3339_ms(self.started),
+            "updated": recorder::timefmt::rfc3339_ms(now_ns()),
+            "uptime_s": (now_ns() - self.started) as f64 / 1e9,
+            "retention_days": self.retention_days,
+            "totals": {
+                "packets": sum(|s| &s.packets),
+                "packets_per_s": pps.round(),
+                "active_calls": workers.iter().map(|s| ld(&s.active_calls)).sum::<u64>(),
+                "calls": workers.iter().map(|s| ld(&s.calls_started)).sum::<u64>(),
+                "recorded": workers.iter().map(|s| ld(&s.recorded)).sum::<u64>(),
+                "drops": drops,
+                "ring_drops": sum(|s| &s.ring_drops),
+                "queue_drops": sum(|s| &s.queue_drops),
+                "max_worker_lag_ms": workers.iter().map(|s| ld(&s.lag_ns)).max().unwrap_or(0) as f64 / 1e6,
+            },
+            "queues": queues,
+            "workers": ws,
+            "xdp": xdp,
+        })
+    }
+}
+
+fn capture_ebpf_counter_names() -> Vec<(usize, &'static str)> {
+    capture_core::live::xdp::counter_names()
+}
+
+fn drops_of(status: &serde_json::Value) -> u64 {
+    status["totals"]["drops"].as_u64().unwrap_or(0)
+}
+
+/// Writes the status atomically (temporary file + rename), so `callrec status` never reads half.
+fn write_status(path: &Path, status: &serde_json::Value) {
+    let tmp = path.with_extension("json.tmp");
+    let ok = serde_json::to_vec_pretty(status).ok().and_then(|b| std::fs::write(&tmp, b).ok()).is_some();
+    if ok {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+/// `callrec status`: what the running capture reports (from STORE/capture-status.json).
+pub fn status(dir: &Path, json_out: bool) -> Result<ExitCode> {
+    let path = dir.join("capture-status.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if json_out {
+                println!("{}", json!({"running": false}));
+            } else {
+                println!("no capture has run on {}", dir.display());
+            }
+            return Ok(ExitCode::from(3));
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let mut st: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not a capture status file", path.display()))?;
+    let pid = st["pid"].as_u64().unwrap_or(0) as i32;
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    let alive = pid > 0 && unsafe { libc::kill(pid, 0) } == 0;
+    let running = st["running"].as_bool().unwrap_or(false) && alive;
+    st["running"] = json!(running);
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+    } else {
+        let t = &st["totals"];
+        println!(
+            "capture {} (pid {pid}, mode {}, since {}, updated {})",
+            if running { "running" } else { "not running" },
+            st["mode"].as_str().unwrap_or("?"),
+            st["started"].as_str().unwrap_or("?"),
+            st["updated"].as_str().unwrap_or("?")
+        );
+        println!(
+            "  {} active calls, {} calls seen, {} recorded; {} packets/s; drops since start: {} (ring {}, queue {}); worker lag {} ms",
+            t["active_calls"],
+            t["calls"],
+            t["recorded"],
+            t["packets_per_s"],
+            t["drops"],
+            t["ring_drops"],
+            t["queue_drops"],
+            t["max_worker_lag_ms"]
+        );
+        for q in st["queues"].as_array().into_iter().flatten() {
+            println!(
+                "  {:<40} packets {:>10}  ring drops {:>6}  queue drops {:>6}  unmatched {:>8}",
+                q["source"].as_str().unwrap_or("?"),
+                q["packets"],
+                q["ring_drops"],
+                q["queue_drops"],
+                q["unmatched"]
+            );
+        }
+        for w in st["workers"].as_array().into_iter().flatten() {
+            println!(
+                "  worker {:<3} active {:>5}  recorded {:>7}  packets {:>10}  lag {} ms",
+                w["worker"], w["active_calls"], w["recorded"], w["packets"], w["lag_ms"]
+            );
+        }
+        if let Some(x) = st["xdp"].as_object() {
+            for (iface, c) in x {
+                let fields: Vec<String> = c
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| format!("{k} {}", v.as_str().map_or(v.to_string(), String::from)))
+                    .collect();
+                println!("  xdp {iface}: {}", fields.join(", "));
+            }
+        }
+    }
+    Ok(if running { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_configuration_parses_and_flags_win() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/callrec.toml");
+        let args = CaptureArgs { config: Some(shipped), mode: Some(Mode::AfPacket), ..Default::default() };
+        let r = args.resolve().unwrap();
+        assert_eq!(r.ifaces, vec!["eth1".to_string()]);
+        assert_eq!(r.mode, Some(Mode::AfPacket), "the flag wins over the file's xdp");
+        assert_eq!(r.sip_ports, vec![5060, 5061]);
+        assert_eq!(r.store.as_deref(), Some(Path::new("/var/lib/callrec")));
+        assert_eq!((r.media_idle_timeout, r.log_interval, r.retention_days), (Some(600), Some(60), Some(1825)));
+    }
+
+    #[test]
+    fn configuration_errors_name_the_file_and_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.toml");
+        std::fs::write(&p, "interfaces = [\"eth1\"]\nworkerz = 3\n").unwrap();
+        let e = CaptureArgs { config: Some(p.clone()), ..Default::default() }.resolve().unwrap_err();
+        let text = format!("{e:#}");
+        assert!(text.contains("bad.toml") && text.contains("workerz"), "{text}");
+        assert!(parse_range("2000-1000").is_err());
+        assert_eq!(parse_range("16384-32767").unwrap(), (16384, 32767));
+    }
+}
