@@ -185,6 +185,10 @@ fn record_calls(mode: &str, tag: &str) -> (TestStore, Value) {
     let _ = noise.wait();
     let (status, err) = stop_capture(cap);
     assert_eq!(status["totals"]["drops"], 0, "{status:#}\n{err}");
+    let link =
+        Command::new("ip").args(["-n", &format!("{}-cap", rig.name), "link", "show", "mirror0"]).output().unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(link.contains("mirror0") && !link.contains(" xdp"), "XDP must be detached when capture exits: {link}");
     check_calls(&t, &keep, 3);
     (t, status)
 }
