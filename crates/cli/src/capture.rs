@@ -643,7 +643,7 @@ impl StatusView<'_> {
                 let c = f.counters();
                 let mut m = serde_json::Map::new();
                 m.insert("attach_mode".into(), json!(f.mode()));
-                for k in capture_ebpf_counter_names() {
+                for k in capture_core::live::xdp::counter_names() {
                     m.insert(k.1.into(), json!(c[k.0]));
                 }
                 m.insert("media_endpoints".into(), json!(f.media_len()));
@@ -676,10 +676,6 @@ impl StatusView<'_> {
             "xdp": xdp,
         })
     }
-}
-
-fn capture_ebpf_counter_names() -> Vec<(usize, &'static str)> {
-    capture_core::live::xdp::counter_names()
 }
 
 fn drops_of(status: &serde_json::Value) -> u64 {

@@ -81,6 +81,7 @@ impl XdpFilter {
             map: Arc::new(Mutex::new(
                 HashMap::try_from(take(&mut ebpf, capture_ebpf::MAP_MEDIA)?).map_err(|e| err(iface, "media", e))?,
             )),
+            count: Arc::default(),
         };
         let ports = Array::try_from(take(&mut ebpf, capture_ebpf::MAP_PORTS)?).map_err(|e| err(iface, "ports", e))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, capture_ebpf::MAP_COUNTERS)?)
@@ -171,6 +172,10 @@ fn attach_error(iface: &str, e: aya::programs::ProgramError) -> LiveError {
 pub struct MediaMap {
     iface: String,
     map: Arc<Mutex<HashMap<MapData, MediaKey, MediaVal>>>,
+    /// Endpoints added minus endpoints removed, kept here so that reporting the size does not walk
+    /// the kernel map (one syscall per key) under the lock the readers need. The LRU's own
+    /// evictions are not seen, so this is an upper bound.
+    count: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn monotonic_ns() -> u64 {
@@ -182,9 +187,15 @@ fn monotonic_ns() -> u64 {
 
 impl MediaMap {
     pub fn add(&self, ip: IpAddr, port: u16) -> Result<(), LiveError> {
+        let key = MediaKey::new(ip, port);
         let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        m.insert(MediaKey::new(ip, port), MediaVal { last_ns: monotonic_ns() }, 0)
-            .map_err(|e| err(&self.iface, "adding a media endpoint", e))
+        let new = m.get(&key, 0).is_err();
+        m.insert(key, MediaVal { last_ns: monotonic_ns() }, 0)
+            .map_err(|e| err(&self.iface, "adding a media endpoint", e))?;
+        if new {
+            self.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Removes an endpoint unless the filter matched a packet for it within `grace` (media still
@@ -198,12 +209,18 @@ impl MediaMap {
         {
             return;
         }
-        let _ = m.remove(&key);
+        if m.remove(&key).is_ok() {
+            let _ = self.count.fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |n| Some(n.saturating_sub(1)),
+            );
+        }
     }
 
+    /// Endpoints in the kernel map (an upper bound; see `count`).
     pub fn len(&self) -> usize {
-        let m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        m.keys().filter(Result::is_ok).count()
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
