@@ -6,6 +6,7 @@
 //!     cargo xtask fuzz [SECONDS]  each fuzz target for a bounded time
 //!     cargo xtask rig up|down [NAME]   the virtual mirror port (namespaces, bridge, tc mirred)
 //!     cargo xtask rig calls NAME N     sip-tester calls across it
+//!     cargo xtask bench [WHICH] [--quick]  the benchmark harness (docs/BENCHMARKS.md)
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -36,10 +37,13 @@ fn main() -> Result<ExitCode> {
         "test" => script("test.sh", &rest),
         "fuzz" => script("fuzz.sh", &rest),
         "rig" => script("rig.sh", &rest),
+        "bench" => script("bench.sh", &rest),
         "" | "help" | "--help" | "-h" => {
-            println!("cargo xtask demo [STORE] | test | fuzz [SECONDS] | rig up|down|calls|noise|exec [NAME] ...");
+            println!(
+                "cargo xtask demo [STORE] | test | fuzz [SECONDS] | rig up|down|calls|noise|exec [NAME] ... | bench [all|micro|stages|import|index|memory|flood|live] [--quick]"
+            );
             Ok(ExitCode::SUCCESS)
         }
-        other => bail!("unknown task {other:?}; tasks: demo, test, fuzz, rig"),
+        other => bail!("unknown task {other:?}; tasks: demo, test, fuzz, rig, bench"),
     }
 }

@@ -274,7 +274,7 @@ pub fn run(dir: &Path, args: CaptureArgs, user: &str) -> Result<ExitCode> {
         let (d, st) = (dir.to_path_buf(), Arc::clone(&stats));
         let handle = std::thread::Builder::new()
             .name(format!("callrec-worker-{w}"))
-            .spawn(move || worker(&d, rx, pool_tx, &st))
+            .spawn(move || worker(&d, workers as usize, rx, pool_tx, &st))
             .context("starting a worker thread")?;
         links.push(WorkerLink { tx, pool: pool_rx });
         worker_stats.push(stats);
@@ -484,21 +484,23 @@ fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx) {
             }
         }
         apply_kernel(&ctx.media_maps, &mut kernel);
-        if n == 0 || last_flush.elapsed() >= Duration::from_millis(5) {
+        // One clock read per loop: on an idle wire this loop runs thousands of times a second.
+        let now = Instant::now();
+        if n == 0 || now.duration_since(last_flush) >= Duration::from_millis(5) {
             for (w, b) in batches.iter_mut().enumerate() {
                 if !b.items.is_empty() {
                     send(&ctx.links[w], b, &stats);
                 }
             }
-            last_flush = Instant::now();
+            last_flush = now;
         }
-        if last_stats.elapsed() >= Duration::from_millis(500) {
+        if now.duration_since(last_stats) >= Duration::from_millis(500) {
             let s = src.stats();
             stats.ring_drops.store(s.ring_drops, Ordering::Relaxed);
             stats.other_drops.store(s.other_drops, Ordering::Relaxed);
             steering.sweep(now_ns(), &mut kernel);
             apply_kernel(&ctx.media_maps, &mut kernel);
-            last_stats = Instant::now();
+            last_stats = now;
         }
         if ctx.stop.load(Ordering::Relaxed) {
             break;
@@ -550,9 +552,11 @@ fn send(link: &WorkerLink, b: &mut Batch, stats: &ReaderStats) {
     }
 }
 
-fn worker(dir: &Path, rx: Receiver<Batch>, pool: Sender<Batch>, stats: &WorkerStats) -> Result<()> {
+fn worker(dir: &Path, workers: usize, rx: Receiver<Batch>, pool: Sender<Batch>, stats: &WorkerStats) -> Result<()> {
     let mut store = Store::open(dir)?;
     let mut sink = store.recorder()?;
+    // The process's open-file limit is shared by every worker's recordings.
+    sink.set_open_file_budget(recorder::store::default_open_file_budget() / workers.max(1));
     let mut engine = Engine::new(Config::default());
     let mut decoder = Decoder::default();
     let publish = |engine: &Engine, sink: &recorder::store::StoreSink<'_>| {

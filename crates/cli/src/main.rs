@@ -168,6 +168,8 @@ fn unseal(store: &Store, pf: &Path) -> Result<keys::PrivateStoreKey> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let user = os_user();
+    // One open file per call in progress: lift the soft limit before capture or import needs it.
+    recorder::store::raise_fd_limit();
     if let Cmd::Capture(args) = cli.cmd {
         let args = args.resolve()?;
         let dir = cli.store.clone().or_else(|| args.store.clone());

@@ -112,8 +112,13 @@ fn nonce(index: u64, last: bool) -> Nonce {
 }
 
 /// Writes one recording. Plaintext exists only in `pending`, in memory.
+///
+/// The file stays open between chunks only when the sink's open-file budget allows (`keep_open`);
+/// otherwise it is reopened for each chunk (about once a second), so the number of calls recorded
+/// at once is not limited by the process's open-file limit.
 pub struct RecordingWriter {
-    file: File,
+    file: Option<File>,
+    keep_open: bool,
     path: String,
     cipher: ChaCha20Poly1305,
     file_id: [u8; 16],
@@ -132,8 +137,9 @@ pub struct Finished {
 }
 
 impl RecordingWriter {
-    /// Creates the file (must not exist) and writes its header.
-    pub fn create(path: &Path, key: &PublicStoreKey, created_ns: i64) -> Result<Self, FileError> {
+    /// Creates the file (must not exist) and writes its header. With `keep_open` false the file is
+    /// closed after each write and reopened for the next.
+    pub fn create(path: &Path, key: &PublicStoreKey, created_ns: i64, keep_open: bool) -> Result<Self, FileError> {
         let p = path.display().to_string();
         let io = |source| FileError::Io { path: p.clone(), source };
         let mut file_id = [0u8; 16];
@@ -148,7 +154,8 @@ impl RecordingWriter {
         let mut md5 = Md5::new();
         md5.update(header);
         Ok(RecordingWriter {
-            file,
+            file: keep_open.then_some(file),
+            keep_open,
             path: p,
             cipher: ChaCha20Poly1305::new(Key::from_slice(&*dk)),
             file_id,
@@ -227,15 +234,22 @@ impl RecordingWriter {
             .encrypt_in_place_detached(&nonce(self.chunk, last), &self.file_id, &mut self.pending)
             .map_err(|_| FileError::BadRecord { path: self.path.clone(), chunk: self.chunk, what: "too large" })?;
         let len = (self.pending.len() + 16) as u32;
-        let io = |source| FileError::Io { path: self.path.clone(), source };
-        let mut head = [0u8; 4];
-        head.copy_from_slice(&len.to_le_bytes());
-        self.file.write_all(&head).map_err(io)?;
-        self.file.write_all(&self.pending).map_err(io)?;
-        self.file.write_all(&tag).map_err(io)?;
+        let head = len.to_le_bytes();
         self.md5.update(head);
         self.md5.update(&self.pending);
         self.md5.update(tag);
+        // One write per chunk: length, ciphertext and tag leave together.
+        let path = &self.path;
+        let ioe = |source| FileError::Io { path: path.clone(), source };
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => self.file.insert(std::fs::OpenOptions::new().append(true).open(path).map_err(ioe)?),
+        };
+        let mut iov = [io::IoSlice::new(&head), io::IoSlice::new(&self.pending), io::IoSlice::new(&tag)];
+        write_all_vectored(file, &mut iov).map_err(ioe)?;
+        if !self.keep_open {
+            self.file = None;
+        }
         self.bytes += 4 + len as u64;
         self.chunk += 1;
         self.pending.clear();
@@ -243,7 +257,9 @@ impl RecordingWriter {
         Ok(())
     }
 
-    /// Writes the call summary and the final chunk, syncs, and returns the MD5 watermark.
+    /// Writes the call summary and the final chunk and returns the MD5 watermark. The data is not
+    /// synced here: [`super::StoreSink`] syncs the filesystem once before the index commit that
+    /// marks calls complete, instead of one fsync per call.
     pub fn finish(mut self, summary: &CallSummary) -> Result<Finished, FileError> {
         let json = serde_json::to_vec(summary).expect("summary serialises");
         self.pending.push(3);
@@ -253,10 +269,23 @@ impl RecordingWriter {
             self.flush_chunk(false)?;
         }
         self.flush_chunk(true)?;
-        self.file.sync_data().map_err(|source| FileError::Io { path: self.path.clone(), source })?;
         let md5 = hex(&self.md5.finalize());
         Ok(Finished { bytes: self.bytes, md5 })
     }
+}
+
+/// `write_all` for several buffers: one `writev` in the common case, the rest on a short write.
+fn write_all_vectored(f: &mut File, mut bufs: &mut [io::IoSlice<'_>]) -> io::Result<()> {
+    io::IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match f.write_vectored(bufs) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "failed to write whole chunk")),
+            Ok(n) => io::IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A decoded record.

@@ -168,7 +168,18 @@ impl Store {
     /// A sink that records into this store.
     pub fn recorder(&mut self) -> Result<StoreSink<'_>, StoreError> {
         let key = self.public_key()?;
-        Ok(StoreSink { store: self, key, open: Vec::new(), errors: Vec::new(), recorded: 0, last_tick: i64::MIN })
+        Ok(StoreSink {
+            store: self,
+            key,
+            open: Vec::new(),
+            errors: Vec::new(),
+            recorded: 0,
+            last_tick: i64::MIN,
+            ops: Vec::new(),
+            rows: Default::default(),
+            open_file_budget: default_open_file_budget(),
+            open_files: 0,
+        })
     }
 
     /// Removes a recording and every index row about it.
@@ -231,11 +242,26 @@ pub struct Rotation {
 struct OpenRecording {
     uid: u64,
     writer: RecordingWriter,
-    row: i64,
     rel: String,
+    keep_open: bool,
+}
+
+/// An index write waiting for the next commit.
+enum IndexOp {
+    Started { uid: u64, file_id: String, call_id: String, start_ns: i64, rel: String },
+    Completed { uid: u64, summary: Box<CallSummary>, md5: String, bytes: u64 },
 }
 
 /// Writes calls from the engine into the store. Errors (disk full, …) are collected, never panics.
+///
+/// Index writes are queued and applied in one short transaction per commit (every second of
+/// capture time, or every 2,000 writes), so several sinks sharing one index (capture workers) hold
+/// SQLite's write lock only for the statements themselves.
+///
+/// Durability: recordings finished since the last commit are made durable with one `syncfs` of
+/// the store's filesystem before the transaction that marks them complete (and outside it), so
+/// the index never says "complete" about a file that a power cut could still lose, at the cost of
+/// one flush per batch instead of one fsync per call.
 pub struct StoreSink<'a> {
     store: &'a mut Store,
     key: PublicStoreKey,
@@ -243,6 +269,12 @@ pub struct StoreSink<'a> {
     pub errors: Vec<String>,
     pub recorded: u64,
     last_tick: i64,
+    ops: Vec<IndexOp>,
+    /// Index rows of calls whose start is committed, by call uid.
+    rows: rustc_hash::FxHashMap<u64, i64>,
+    /// Files kept open between chunks; calls beyond it reopen their file for each chunk.
+    open_file_budget: usize,
+    open_files: usize,
 }
 
 impl StoreSink<'_> {
@@ -253,6 +285,50 @@ impl StoreSink<'_> {
     fn note_err(&mut self, e: impl std::fmt::Display) {
         if self.errors.len() < 1000 {
             self.errors.push(e.to_string());
+        }
+    }
+
+    /// How many recording files this sink may keep open at once (the rest are reopened per chunk).
+    /// Several sinks in one process (capture workers) share the process limit.
+    pub fn set_open_file_budget(&mut self, n: usize) {
+        self.open_file_budget = n;
+    }
+
+    /// Syncs finished recordings, then applies the queued index writes in one transaction.
+    fn commit(&mut self) {
+        if self.ops.is_empty() {
+            return;
+        }
+        if self.ops.iter().any(|op| matches!(op, IndexOp::Completed { .. }))
+            && let Err(e) = sync_filesystem(self.store.root())
+        {
+            // Nothing is marked complete that is not on disk: the writes stay queued for the next
+            // commit to retry.
+            return self.note_err(e);
+        }
+        let ops = std::mem::take(&mut self.ops);
+        let mut errs = Vec::new();
+        for op in ops {
+            let r = match op {
+                IndexOp::Started { uid, file_id, call_id, start_ns, rel } => {
+                    self.store.index.insert_started(&file_id, &call_id, start_ns, &rel).map(|row| {
+                        self.rows.insert(uid, row);
+                    })
+                }
+                IndexOp::Completed { uid, summary, md5, bytes } => match self.rows.remove(&uid) {
+                    Some(row) => self.store.index.complete(row, &summary, &md5, bytes),
+                    None => Ok(()), // its start failed to index, and was reported then
+                },
+            };
+            if let Err(e) = r {
+                errs.push(e);
+            }
+        }
+        if let Err(e) = self.store.index.commit() {
+            errs.push(e);
+        }
+        for e in errs {
+            self.note_err(e);
         }
     }
 
@@ -271,16 +347,12 @@ impl StoreSink<'_> {
         for e in errs {
             self.note_err(e);
         }
-        if let Err(e) = self.store.index.commit() {
-            self.note_err(e);
-        }
+        self.commit();
     }
 
-    /// Commits the index batch. Call when the input ends.
+    /// Syncs and commits the index batch. Call when the input ends.
     pub fn flush(&mut self) {
-        if let Err(e) = self.store.index.commit() {
-            self.note_err(e);
-        }
+        self.commit();
     }
 }
 
@@ -297,27 +369,31 @@ impl Sink for StoreSink<'_> {
         let mut tmp_id = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut tmp_id);
         let rel = format!("{dir_rel}/{}.crec", hex(&tmp_id));
-        let mut writer = match RecordingWriter::create(&self.store.abs(&rel), &self.key, start_ns) {
+        let keep_open = self.open_files < self.open_file_budget;
+        let mut writer = match RecordingWriter::create(&self.store.abs(&rel), &self.key, start_ns, keep_open) {
             Ok(w) => w,
             Err(e) => return self.note_err(e),
         };
+        if keep_open {
+            self.open_files += 1;
+        }
         if let Err(e) = writer.start(start_ns, call_id) {
             self.note_err(e);
         }
-        let row = match self.store.index.insert_started(&hex(&writer.file_id()), call_id, start_ns, &rel) {
-            Ok(r) => r,
-            Err(e) => return self.note_err(e),
-        };
+        self.ops.push(IndexOp::Started {
+            uid: call.uid,
+            file_id: hex(&writer.file_id()),
+            call_id: call_id.to_string(),
+            start_ns,
+            rel: rel.clone(),
+        });
         let slot = call.slot as usize;
         if self.open.len() <= slot {
             self.open.resize_with(slot + 1, || None);
         }
-        self.open[slot] = Some(OpenRecording { uid: call.uid, writer, row, rel });
-        if self.store.index.pending_writes() >= 2000 {
-            let r = self.store.index.commit();
-            if let Err(e) = r {
-                self.note_err(e);
-            }
+        self.open[slot] = Some(OpenRecording { uid: call.uid, writer, rel, keep_open });
+        if self.ops.len() >= 2000 {
+            self.commit();
         }
     }
 
@@ -342,25 +418,71 @@ impl Sink for StoreSink<'_> {
         if r.uid != call.uid {
             return;
         }
+        if r.keep_open {
+            self.open_files -= 1;
+        }
         match r.writer.finish(&summary) {
             Ok(done) => {
-                if let Err(e) = self.store.index.complete(r.row, &summary, &done.md5, done.bytes) {
-                    self.note_err(e);
-                }
+                self.ops.push(IndexOp::Completed {
+                    uid: r.uid,
+                    summary: Box::new(summary),
+                    md5: done.md5,
+                    bytes: done.bytes,
+                });
                 self.recorded += 1;
             }
             Err(e) => self.note_err(format!("{}: {e}", r.rel)),
         }
-        if self.store.index.pending_writes() >= 2000
-            && let Err(e) = self.store.index.commit()
-        {
-            self.note_err(e);
+        if self.ops.len() >= 2000 {
+            self.commit();
         }
     }
 }
 
 impl Drop for StoreSink<'_> {
     fn drop(&mut self) {
-        let _ = self.store.index.commit();
+        self.commit();
     }
+}
+
+/// Flushes the filesystem holding `dir` (all its dirty data, one call).
+fn sync_filesystem(dir: &Path) -> Result<(), String> {
+    let f = std::fs::File::open(dir).map_err(|e| format!("cannot open {} to sync it: {e}", dir.display()))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: syncfs on a descriptor we own for the duration of the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(format!("cannot sync the filesystem of {}: {}", dir.display(), std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Recording files one sink keeps open by default: the open-file limit less a reserve for the
+/// index, sockets, rings and the files export and verify open.
+pub fn default_open_file_budget() -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct passed in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 512;
+    }
+    (lim.rlim_cur as usize).saturating_sub(256)
+}
+
+/// Raises this process's open-file limit to its hard limit and returns the new soft limit. A
+/// recorder keeps one file open per call in progress, so the default soft limit (1024 on most
+/// systems) would refuse the 1021st concurrent call. Call once at startup.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
 }

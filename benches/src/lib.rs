@@ -1,0 +1,18 @@
+//! callrec-bench: the benchmark harness.
+//!
+//! - [`traffic`]: deterministic call traffic (SIP + SDP + G.711 RTP + RFC 2833 DTMF) for files and wires.
+//! - [`send`]: a batched raw-socket sender that plays generated traffic onto an interface in real
+//!   time (or as fast as it can, to measure the rig's ceiling).
+//! - [`measure`]: process CPU, memory and interface counters, read from `/proc` and `/sys`.
+//! - [`plot`]: the loss-against-offered-load chart for `docs/BENCHMARKS.md`.
+//!
+//! The binaries `callrec-gen` and `callrec-bench` drive them; `cargo xtask bench` runs the lot.
+
+pub mod indexbench;
+pub mod live;
+pub mod measure;
+pub mod pipeline;
+pub mod plot;
+pub mod send;
+pub mod stages;
+pub mod traffic;

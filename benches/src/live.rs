@@ -1,0 +1,301 @@
+//! The live bench: generated calls played onto the rig's virtual mirror port, recorded by
+//! `callrec capture --mode xdp`, by `callrec capture --mode af-packet`, and by `tcpdump -w` (the
+//! baseline most users have), one after another on the same traffic, at rising offered loads.
+//!
+//! Loss is counted from what the generator sent: RTP packets recorded in the index (the sum of
+//! every stream's packet count) against RTP packets sent, and calls recorded complete (both
+//! streams with every packet) against calls placed. For tcpdump, frames written against frames
+//! sent. Alongside: CPU per core (from /proc/stat), the recorder's CPU and peak memory, its own
+//! drop counters, and bytes written.
+//!
+//! Needs root (network namespaces, XDP). Uses scripts/rig.sh with a name unique to the run and
+//! takes the rig down afterwards.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::{Value, json};
+
+use crate::measure::{cpu_seconds, status_kib};
+use crate::traffic::Workload;
+
+pub struct LiveOpts {
+    pub modes: Vec<String>,
+    /// Concurrent calls per run (offered load = calls × 100 packets/s).
+    pub loads: Vec<u32>,
+    pub duration: f64,
+    pub ramp: f64,
+    pub workers: u32,
+    pub work: PathBuf,
+    pub callrec: PathBuf,
+    pub generator: PathBuf,
+    pub rig_script: PathBuf,
+}
+
+struct Rig {
+    name: String,
+    script: PathBuf,
+}
+
+impl Rig {
+    fn up(script: &Path) -> Result<Rig> {
+        let name = format!("cb{}", std::process::id() % 100_000);
+        let rig = Rig { name, script: script.to_path_buf() };
+        let o =
+            Command::new("bash").arg(script).args(["up", &rig.name]).output().context("cannot run the rig script")?;
+        ensure!(o.status.success(), "rig up failed: {}", String::from_utf8_lossy(&o.stderr));
+        Ok(rig)
+    }
+
+    fn ns(&self, role: &str) -> String {
+        format!("{}-{role}", self.name)
+    }
+
+    fn in_ns(&self, role: &str, prog: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(role)]).arg(prog);
+        c
+    }
+
+    fn read(&self, role: &str, path: &str) -> Option<String> {
+        let o = Command::new("ip").args(["netns", "exec", &self.ns(role), "cat", path]).output().ok()?;
+        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(&self.script).args(["down", &self.name]).output();
+    }
+}
+
+/// Busy and total jiffies per CPU.
+fn cpu_times() -> Vec<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    s.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            let v: Vec<u64> = l.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+            let total: u64 = v.iter().take(8).sum();
+            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+            (total - idle, total)
+        })
+        .collect()
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+fn start_recorder(rig: &Rig, o: &LiveOpts, mode: &str, run_dir: &Path) -> Result<Child> {
+    if mode == "tcpdump" {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &rig.ns("cap"), "tcpdump", "-i", "mirror0", "-s", "0", "-B", "65536", "-n", "-w"])
+            .arg(run_dir.join("tcpdump.pcap"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(run_dir.join("tcpdump.err"))?);
+        let child = c.spawn().context("cannot start tcpdump")?;
+        let until = Instant::now() + Duration::from_secs(15);
+        while !std::fs::read_to_string(run_dir.join("tcpdump.err")).unwrap_or_default().contains("listening on") {
+            ensure!(Instant::now() < until, "tcpdump did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        return Ok(child);
+    }
+    let store = run_dir.join("store");
+    let pass = run_dir.join("pass");
+    std::fs::write(&pass, "bench passphrase\n")?;
+    let init =
+        Command::new(&o.callrec).arg("--store").arg(&store).args(["init", "--passphrase-file"]).arg(&pass).output()?;
+    ensure!(init.status.success(), "callrec init: {}", String::from_utf8_lossy(&init.stderr));
+    let child = rig
+        .in_ns("cap", &o.callrec)
+        .arg("--store")
+        .arg(&store)
+        .args([
+            "capture",
+            "--iface",
+            "mirror0",
+            "--mode",
+            mode,
+            "--workers",
+            &o.workers.to_string(),
+            "--log-interval",
+            "0",
+        ])
+        .stdout(std::fs::File::create(run_dir.join("status.json"))?)
+        .stderr(std::fs::File::create(run_dir.join("capture.err"))?)
+        .spawn()
+        .context("cannot start callrec capture")?;
+    let until = Instant::now() + Duration::from_secs(30);
+    while !store.join("capture-status.json").exists() {
+        ensure!(
+            Instant::now() < until,
+            "callrec capture did not start: {}",
+            std::fs::read_to_string(run_dir.join("capture.err"))?
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child)
+}
+
+/// What the index says was recorded: calls, complete calls (both streams, every packet), RTP packets.
+fn recorded(store: &Path, w: &Workload) -> Result<(u64, u64, u64)> {
+    let db =
+        rusqlite::Connection::open_with_flags(store.join("index.sqlite"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let calls: i64 = db.query_row("SELECT count(*) FROM calls", [], |r| r.get(0))?;
+    let rtp: i64 = db.query_row("SELECT coalesce(sum(packets), 0) FROM streams", [], |r| r.get(0))?;
+    let f = w.facts(1);
+    let complete: i64 = db.query_row(
+        "SELECT count(*) FROM calls c WHERE c.status = 'complete' AND c.end_reason = 'caller-bye'
+           AND (SELECT coalesce(sum(packets), 0) FROM streams s WHERE s.call = c.id) = ?1",
+        [(f.caller_rtp + f.callee_rtp) as i64],
+        |r| r.get(0),
+    )?;
+    Ok((calls as u64, complete as u64, rtp as u64))
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else { return 0 };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn one_run(rig: &Rig, o: &LiveOpts, mode: &str, calls: u32, flat_out: bool) -> Result<Value> {
+    let run_dir = o.work.join(format!("{mode}-{calls}{}", if flat_out { "-flat" } else { "" }));
+    let _ = std::fs::remove_dir_all(&run_dir);
+    std::fs::create_dir_all(&run_dir)?;
+    let w = Workload::calls(calls, o.duration, o.ramp);
+    let rx_before: u64 =
+        rig.read("cap", "/sys/class/net/mirror0/statistics/rx_packets").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let rec = if mode == "none" { None } else { Some(start_recorder(rig, o, mode, &run_dir)?) };
+    let pid = rec.as_ref().map(|c| c.id().to_string());
+    let cpu0 = cpu_times();
+    let rcpu0 = pid.as_deref().and_then(cpu_seconds).unwrap_or(0.0);
+    let t0 = Instant::now();
+    let mut sender = rig.in_ns("a", &o.generator);
+    sender.args([
+        "send",
+        "eth0",
+        "--calls",
+        &calls.to_string(),
+        "--duration",
+        &o.duration.to_string(),
+        "--ramp",
+        &o.ramp.to_string(),
+    ]);
+    if flat_out {
+        sender.arg("--flat-out");
+    }
+    let g = sender.output().context("cannot run callrec-gen")?;
+    ensure!(g.status.success(), "callrec-gen: {}", String::from_utf8_lossy(&g.stderr));
+    let sent: Value = serde_json::from_slice(&g.stdout).context("callrec-gen's report")?;
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu1 = cpu_times();
+    let rcpu1 = pid.as_deref().and_then(cpu_seconds).unwrap_or(0.0);
+    let hwm_mib = pid.as_deref().and_then(|p| status_kib(p, "VmHWM")).unwrap_or(0) as f64 / 1024.0;
+    // Let the last packets drain and the calls' linger pass before stopping.
+    std::thread::sleep(Duration::from_millis(if mode == "tcpdump" { 500 } else { 3000 }));
+    let cores: Vec<f64> = cpu0
+        .iter()
+        .zip(&cpu1)
+        .map(|(a, b)| ((b.0 - a.0) as f64 / (b.1 - a.1).max(1) as f64 * 1000.0).round() / 10.0)
+        .collect();
+    let rx_after: u64 =
+        rig.read("cap", "/sys/class/net/mirror0/statistics/rx_packets").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let frames_sent = sent["frames_sent"].as_u64().unwrap_or(0);
+    let rtp_sent = sent["rtp_sent"].as_u64().unwrap_or(0);
+    let mut out = json!({
+        "mode": mode, "calls": calls, "flat_out": flat_out,
+        "offered_pps": sent["pps"], "steady_pps": w.steady_pps(), "frames_sent": frames_sent, "rtp_sent": rtp_sent,
+        "generator_max_lag_ms": sent["max_lag_ms"], "mirror_rx_packets": rx_after.saturating_sub(rx_before),
+        "wall_s": wall, "cpu_busy_percent_per_core": cores,
+        "recorder_cpu_s": rcpu1 - rcpu0, "recorder_peak_rss_mib": hwm_mib,
+    });
+    let Some(child) = rec else { return Ok(out) };
+    signal(&child, libc::SIGTERM);
+    let status = child.wait_with_output()?.status;
+    if mode == "tcpdump" {
+        let err = std::fs::read_to_string(run_dir.join("tcpdump.err")).unwrap_or_default();
+        let num = |what: &str| -> u64 {
+            err.lines().find(|l| l.contains(what)).and_then(|l| l.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+        };
+        let captured = num("packets captured");
+        out["captured"] = json!(captured);
+        out["kernel_drops"] = json!(num("dropped by kernel"));
+        out["lost"] = json!(frames_sent.saturating_sub(captured));
+        out["loss_ratio"] = json!(frames_sent.saturating_sub(captured) as f64 / frames_sent.max(1) as f64);
+        out["bytes_written"] = json!(std::fs::metadata(run_dir.join("tcpdump.pcap")).map(|m| m.len()).unwrap_or(0));
+    } else {
+        ensure!(
+            status.success(),
+            "callrec capture exited with {status}: {}",
+            std::fs::read_to_string(run_dir.join("capture.err"))?
+        );
+        let st: Value =
+            serde_json::from_str(&std::fs::read_to_string(run_dir.join("status.json"))?).context("final status")?;
+        let store = run_dir.join("store");
+        let (calls_seen, complete, rtp_rec) = recorded(&store, &w)?;
+        let q = st["queues"].as_array().cloned().unwrap_or_default();
+        let sum = |k: &str| q.iter().map(|x| x[k].as_u64().unwrap_or(0)).sum::<u64>();
+        out["calls_indexed"] = json!(calls_seen);
+        out["calls_complete"] = json!(complete);
+        out["rtp_recorded"] = json!(rtp_rec);
+        out["lost"] = json!(rtp_sent.saturating_sub(rtp_rec));
+        out["loss_ratio"] = json!(rtp_sent.saturating_sub(rtp_rec) as f64 / rtp_sent.max(1) as f64);
+        out["reader_packets"] = json!(sum("packets"));
+        out["ring_drops"] = json!(sum("ring_drops"));
+        out["other_drops"] = json!(sum("other_drops"));
+        out["queue_drops"] = json!(sum("queue_drops"));
+        out["unmatched"] = json!(sum("unmatched"));
+        out["xdp"] = st["xdp"]["mirror0"].clone();
+        out["bytes_written"] = json!(dir_bytes(&store.join("recordings")));
+    }
+    let _ = std::fs::remove_dir_all(&run_dir);
+    Ok(out)
+}
+
+pub fn run(o: &LiveOpts) -> Result<Value> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the live bench needs root (network namespaces, XDP): run `sudo cargo xtask bench live`");
+    }
+    for p in [&o.callrec, &o.generator] {
+        ensure!(
+            p.exists(),
+            "{} is missing: build with `cargo build --release -p callrec -p callrec-bench`",
+            p.display()
+        );
+    }
+    std::fs::create_dir_all(&o.work)?;
+    let rig = Rig::up(&o.rig_script)?;
+    let mut runs = Vec::new();
+    // The rig's ceiling: the generator flat out, nothing recording.
+    let top = *o.loads.iter().max().unwrap_or(&1000);
+    let ceiling = one_run(&rig, o, "none", top, true)?;
+    eprintln!("live: generator alone, flat out: {:.0} packets/s", ceiling["offered_pps"].as_f64().unwrap_or(0.0));
+    for &calls in &o.loads {
+        for mode in &o.modes {
+            let r = one_run(&rig, o, mode, calls, false).with_context(|| format!("{mode} at {calls} calls"))?;
+            eprintln!(
+                "live: {mode:>9} {calls:>6} calls {:>8.0} pps offered: lost {} ({:.4}%), complete calls {}",
+                r["offered_pps"].as_f64().unwrap_or(0.0),
+                r["lost"],
+                r["loss_ratio"].as_f64().unwrap_or(0.0) * 100.0,
+                r["calls_complete"]
+            );
+            runs.push(r);
+        }
+    }
+    Ok(
+        json!({"bench": "live", "duration_s": o.duration, "ramp_s": o.ramp, "workers": o.workers, "ceiling": ceiling, "runs": runs}),
+    )
+}

@@ -1,0 +1,117 @@
+//! The offline per-stage bench: generated calls held in memory, run through the userspace path
+//! one stage deeper each time (read, +decode, +dispatch, +assembly, +encrypted store). The cost of
+//! a stage is the difference between its run and the one before.
+//!
+//! Why in memory: the import bench (`cargo xtask bench offline`) measures `callrec import` on a
+//! file side by side with `tcpdump -r`, which includes reading the file; this one says where the
+//! recorder's own time goes.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Result, ensure};
+use serde_json::{Value, json};
+
+use crate::pipeline::{Frames, Pipeline, Stage, bench_store, raise_fd_limit};
+use crate::traffic::{Generator, Workload};
+
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+pub fn run(calls: u32, duration: f64, ramp: f64, reps: usize, dir: &Path, only: Option<&str>) -> Result<Value> {
+    raise_fd_limit();
+    let w = Workload::calls(calls, duration, ramp);
+    let mut frames = Frames::default();
+    let mut scratch = Vec::new();
+    let mut g = Generator::new(w.clone());
+    frames.fill(&mut g, usize::MAX, &mut scratch);
+    let n = frames.len() as f64;
+    let mut rows = Vec::new();
+    let mut prev_ns_per_pkt = 0.0;
+    for stage in Stage::ALL {
+        if only.is_some_and(|o| o != stage.name()) {
+            continue;
+        }
+        let mut secs = Vec::new();
+        let mut delivered = (0, 0);
+        for _ in 0..reps.max(1) {
+            let tmp = tempfile::tempdir_in(dir)?;
+            let mut store = (stage == Stage::Store).then(|| bench_store(tmp.path())).transpose()?;
+            let mut p = Pipeline::new(stage, store.as_mut())?;
+            let t = Instant::now();
+            p.run(&frames);
+            p.finish();
+            secs.push(t.elapsed().as_secs_f64());
+            ensure!(
+                p.store_errors().is_empty(),
+                "store errors: {:?}",
+                &p.store_errors()[..p.store_errors().len().min(3)]
+            );
+            delivered = p.delivered();
+            std::hint::black_box(p.checksum);
+        }
+        let s = median(&mut secs);
+        let ns_per_pkt = s * 1e9 / n;
+        if stage >= Stage::Assembly {
+            ensure!(
+                delivered.0 == w.total_rtp(),
+                "{}: {} RTP packets delivered of {}",
+                stage.name(),
+                delivered.0,
+                w.total_rtp()
+            );
+            ensure!(delivered.1 == calls as u64, "{}: {} calls completed of {calls}", stage.name(), delivered.1);
+        }
+        rows.push(json!({
+            "stage": stage.name(),
+            "seconds_median": s,
+            "mpps": n / s / 1e6,
+            "ns_per_packet": ns_per_pkt,
+            "stage_ns_per_packet": ns_per_pkt - prev_ns_per_pkt,
+            "calls_per_second": calls as f64 / s,
+        }));
+        prev_ns_per_pkt = ns_per_pkt;
+    }
+    Ok(json!({
+        "bench": "stages",
+        "calls": calls, "concurrency": w.concurrency(), "duration_s": duration,
+        "frames": frames.len(), "bytes": frames.bytes(), "reps": reps,
+        "stages": rows,
+    }))
+}
+
+/// `callrec import` against `tcpdump -r FILE -w /dev/null` on the same generated capture, run
+/// alternately `reps` times; medians and their ratio.
+pub fn import_vs_tcpdump(callrec: &Path, pcap: &Path, frames: u64, reps: usize, dir: &Path) -> Result<Value> {
+    use std::process::Command;
+    let mut t_tcpdump = Vec::new();
+    let mut t_import = Vec::new();
+    let mut last = Value::Null;
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        let o = Command::new("tcpdump").arg("-r").arg(pcap).args(["-w", "/dev/null"]).output()?;
+        ensure!(o.status.success(), "tcpdump -r: {}", String::from_utf8_lossy(&o.stderr));
+        t_tcpdump.push(t.elapsed().as_secs_f64());
+        let tmp = tempfile::tempdir_in(dir)?;
+        let store = tmp.path().join("store");
+        let pass = tmp.path().join("pass");
+        std::fs::write(&pass, "bench passphrase\n")?;
+        let o =
+            Command::new(callrec).arg("--store").arg(&store).args(["init", "--passphrase-file"]).arg(&pass).output()?;
+        ensure!(o.status.success(), "callrec init: {}", String::from_utf8_lossy(&o.stderr));
+        let t = Instant::now();
+        let o = Command::new(callrec).arg("--store").arg(&store).args(["import", "--json"]).arg(pcap).output()?;
+        t_import.push(t.elapsed().as_secs_f64());
+        ensure!(o.status.success(), "callrec import: {}", String::from_utf8_lossy(&o.stderr));
+        last = serde_json::from_slice(&o.stdout)?;
+    }
+    let (td, im) = (median(&mut t_tcpdump), median(&mut t_import));
+    Ok(json!({
+        "bench": "import_vs_tcpdump", "file": pcap.display().to_string(), "frames": frames, "reps": reps,
+        "tcpdump_read_s": t_tcpdump, "import_s": t_import,
+        "tcpdump_mpps_median": frames as f64 / td / 1e6, "import_mpps_median": frames as f64 / im / 1e6,
+        "import_over_tcpdump": td / im, "import_summary": last,
+    }))
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The benchmark harness (docs/BENCHMARKS.md quotes what it prints). Results go to docs/bench/ as
+# JSON, the live bench's loss chart to docs/bench/loss.svg.
+#
+#   scripts/bench.sh [all|micro|stages|import|index|memory|flood|live] [--quick]
+#
+#   micro   criterion: decode, dispatch, assembly, encrypted store per packet (30,000 calls up)
+#   stages  per-stage cost on 1,000 concurrent 30 s calls held in memory
+#   import  `callrec import` vs `tcpdump -r -w /dev/null` on the same generated capture
+#   index   ingest rate and search latency on a 10-million-call index (--quick: 1 million)
+#   memory  resident memory with 20,000 calls in progress
+#   flood   memory under INVITEs with fresh Call-IDs and RTP of no call
+#   live    callrec xdp vs af-packet vs tcpdump on the virtual mirror port (root)
+#
+# Set BENCH_WORKERS="1 2" to repeat the live bench for several worker counts (e.g. "1 2 4 8 16"
+# on a machine with that many cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-all}
+quick=${2:-}
+out=docs/bench
+mkdir -p "$out"
+bash scripts/setup.sh >/dev/null
+cargo build --release -q -p callrec -p callrec-bench
+bin=target/release
+run() { echo "== $*" >&2; "$@"; }
+
+want() { [ "$what" = all ] || [ "$what" = "$1" ]; }
+
+if want micro; then
+  run cargo bench -q -p callrec-bench --bench hotpath 2>&1 | grep -v '^Warning\|^Benchmarking\|^$' | tee "$out/micro.txt"
+fi
+if want stages; then
+  run $bin/callrec-bench stages --calls 1000 --duration 30 --reps 3 | tee "$out/stages.json"
+fi
+if want import; then
+  run $bin/callrec-bench import --calls 1000 --duration 30 --reps 3 | tee "$out/import.json"
+fi
+if want index; then
+  rows=10000000
+  [ "$quick" = --quick ] && rows=1000000
+  run $bin/callrec-bench index --rows "$rows" --db /var/tmp/callrec-bench-index --queries 200 | tee "$out/index.json"
+  rm -rf /var/tmp/callrec-bench-index
+fi
+if want memory; then
+  run $bin/callrec-bench memory --calls 20000 --duration 20 --ramp 5 | tee "$out/memory.json"
+fi
+if want flood; then
+  run $bin/callrec-bench flood --invites 300000 --stray-rtp 1000000 --max-calls 100000 | tee "$out/flood.json"
+fi
+if want live; then
+  [ "$(id -u)" -eq 0 ] || { echo "bench: the live bench needs root: sudo cargo xtask bench live" >&2; exit 1; }
+  for w in ${BENCH_WORKERS:-2}; do
+    run $bin/callrec-bench live --loads 500,1000,2000,2500,3000,4000 --workers "$w" --out "$out/live-w$w.json" >/dev/null
+  done
+  first=$(echo "${BENCH_WORKERS:-2}" | awk '{print $1}')
+  run $bin/callrec-bench plot "$out/live-w$first.json" "$out/loss.svg"
+fi
