@@ -27,6 +27,8 @@ use capture_core::live::pcapdev::PcapSource;
 use capture_core::live::xdp::{MediaMap, XdpFilter};
 use capture_core::live::{Backoff, Promisc, Source, now_ns};
 use capture_core::{Decoded, Decoder};
+
+use crate::batch::Batch;
 use crossbeam::channel::{Receiver, Sender, TrySendError, bounded, unbounded};
 use recorder::steer::{KernelChange, Learned, SteerConfig, Steering};
 use recorder::store::Store;
@@ -144,24 +146,7 @@ fn parse_range(s: &str) -> Result<(u16, u16)> {
     Ok((lo, hi))
 }
 
-/// One frame handed to a worker: time, link type, and where its bytes lie in the batch buffer.
-#[derive(Clone, Copy)]
-struct Item {
-    ts: i64,
-    linktype: u32,
-    off: u32,
-    len: u32,
-}
-
-/// Frames for one worker, copied once out of the ring. Recycled through the worker's pool.
-#[derive(Default)]
-struct Batch {
-    data: Vec<u8>,
-    items: Vec<Item>,
-}
-
-const BATCH_FRAMES: usize = 256;
-const BATCH_BYTES: usize = 256 * 1024;
+/// Batches a worker's queue holds before the reader drops (and counts) frames for it.
 const QUEUE_BATCHES: usize = 1024;
 
 #[derive(Default)]
@@ -449,23 +434,8 @@ fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx) {
                 return;
             };
             let b = &mut batches[w as usize];
-            let off = b.data.len() as u32;
-            if frame.as_ptr_range().contains(&pkt.payload.as_ptr()) || pkt.payload.is_empty() {
-                b.data.extend_from_slice(frame);
-                b.items.push(Item { ts, linktype, off, len: frame.len() as u32 });
-            } else {
-                // A reassembled datagram: hand the worker one synthetic frame holding it whole.
-                let f = capture_core::synth::Flow { src: pkt.src, dst: pkt.dst, sport: pkt.sport, dport: pkt.dport };
-                let whole = capture_core::synth::udp_frame(&f, pkt.payload);
-                b.data.extend_from_slice(&whole);
-                b.items.push(Item {
-                    ts,
-                    linktype: capture_core::decode::linktype::ETHERNET,
-                    off,
-                    len: whole.len() as u32,
-                });
-            }
-            if b.items.len() >= BATCH_FRAMES || b.data.len() >= BATCH_BYTES {
+            b.push(ts, linktype, frame, &pkt);
+            if b.full() {
                 send(&ctx.links[w as usize], b, &stats);
             }
         });
@@ -545,8 +515,7 @@ fn send(link: &WorkerLink, b: &mut Batch, stats: &ReaderStats) {
         Ok(()) => {}
         Err(TrySendError::Full(mut back)) | Err(TrySendError::Disconnected(mut back)) => {
             stats.queue_drops.fetch_add(back.items.len() as u64, Ordering::Relaxed);
-            back.items.clear();
-            back.data.clear();
+            back.clear();
             *b = back;
         }
     }
@@ -568,8 +537,7 @@ fn worker(dir: &Path, workers: usize, rx: Receiver<Batch>, pool: Sender<Batch>, 
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(mut batch) => {
-                for it in &batch.items {
-                    let frame = &batch.data[it.off as usize..(it.off + it.len) as usize];
+                for (it, frame) in batch.frames() {
                     if let Ok(Decoded::Packet(p)) = decoder.decode(it.ts, it.linktype, frame) {
                         engine.handle(&p, it.ts, &mut sink);
                     }
@@ -578,8 +546,7 @@ fn worker(dir: &Path, workers: usize, rx: Receiver<Batch>, pool: Sender<Batch>, 
                 if let Some(last) = batch.items.last() {
                     stats.lag_ns.store(now_ns().saturating_sub(last.ts).max(0) as u64, Ordering::Relaxed);
                 }
-                batch.items.clear();
-                batch.data.clear();
+                batch.clear();
                 let _ = pool.try_send(batch);
             }
             Err(crossbeam::channel::RecvTimeoutError::Timeout) => stats.lag_ns.store(0, Ordering::Relaxed),

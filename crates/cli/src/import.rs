@@ -5,11 +5,16 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use capture_core::{CaptureReader, Decoded, Decoder, Ignored};
+use crossbeam::channel::{Receiver, Sender, bounded};
+use recorder::engine::Stats;
+use recorder::steer::{SteerConfig, Steering};
 use recorder::store::Store;
 use recorder::{Config, Engine};
 use serde_json::json;
+
+use crate::batch::Batch;
 
 /// Counts bytes read, for the progress bar.
 struct Counting<R> {
@@ -37,12 +42,13 @@ fn ignored_reason(i: Ignored) -> String {
     }
 }
 
-pub fn run(dir: &Path, files: &[PathBuf], json_out: bool, user: &str) -> Result<ExitCode> {
+pub fn run(dir: &Path, files: &[PathBuf], json_out: bool, user: &str, workers: usize) -> Result<ExitCode> {
     let mut store = Store::open(dir)?;
     let mut failed = 0;
     let mut summaries = Vec::new();
     for path in files {
-        match import_one(&mut store, path) {
+        let r = if workers > 1 { import_parallel(dir, path, workers) } else { import_one(&mut store, path) };
+        match r {
             Ok(s) => {
                 store.index.audit(user, "import", &path.display().to_string(), &format!("{} calls", s["calls"]))?;
                 if !json_out {
@@ -103,6 +109,31 @@ fn import_one(store: &mut Store, path: &Path) -> Result<serde_json::Value> {
     sink.flush();
     pb.finish_and_clear();
     let st = engine.stats().clone();
+    let errors = std::mem::take(&mut sink.errors);
+    let recorded = sink.recorded;
+    drop(sink);
+    let input = Input { frames, skipped, malformed, read_error, time_went_back };
+    Ok(summary(path, input, &st, recorded, errors, 1))
+}
+
+/// What the reading side of an import found.
+struct Input {
+    frames: u64,
+    skipped: BTreeMap<String, u64>,
+    malformed: BTreeMap<String, u64>,
+    read_error: Option<String>,
+    time_went_back: u64,
+}
+
+fn summary(
+    path: &Path,
+    input: Input,
+    st: &Stats,
+    recorded: u64,
+    errors: Vec<String>,
+    workers: usize,
+) -> serde_json::Value {
+    let Input { frames, mut skipped, mut malformed, read_error, time_went_back } = input;
     for (why, n) in &st.sip_malformed {
         *malformed.entry(format!("SIP: {why}")).or_default() += n;
     }
@@ -115,10 +146,7 @@ fn import_one(store: &mut Store, path: &Path) -> Result<serde_json::Value> {
     if st.sip_ignored > 0 {
         *skipped.entry("SIP outside any call (REGISTER, OPTIONS, …)".into()).or_default() += st.sip_ignored;
     }
-    let errors = std::mem::take(&mut sink.errors);
-    let recorded = sink.recorded;
-    drop(sink);
-    Ok(json!({
+    json!({
         "file": path.display().to_string(),
         "frames": frames,
         "calls": st.calls_started,
@@ -135,7 +163,127 @@ fn import_one(store: &mut Store, path: &Path) -> Result<serde_json::Value> {
         "timestamps_out_of_order": time_went_back,
         "read_error": read_error,
         "store_errors": errors,
-    }))
+        "workers": workers,
+    })
+}
+
+/// What one import worker returns.
+struct WorkerResult {
+    stats: Stats,
+    recorded: u64,
+    errors: Vec<String>,
+}
+
+/// Import with `workers` threads: this thread reads and decodes the file and steers each packet
+/// by call (the live capture's steering), workers run an engine and a store sink each. Channels
+/// block rather than drop: an import loses nothing to a slow disk, it waits.
+fn import_parallel(dir: &Path, path: &Path, workers: usize) -> Result<serde_json::Value> {
+    let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("cannot open: {e}"))?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let pb = crate::progress_bar(len, &path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    let mut reader = CaptureReader::new(BufReader::with_capacity(1 << 20, Counting { inner: f, pb: pb.clone() }))?;
+    let mut decoder = Decoder::default();
+    let mut steering = Steering::new(SteerConfig { workers: workers as u32, ..Default::default() });
+    let (mut learned, mut kernel) = (Vec::new(), Vec::new());
+    let mut input =
+        Input { frames: 0, skipped: BTreeMap::new(), malformed: BTreeMap::new(), read_error: None, time_went_back: 0 };
+    let mut unmatched = 0u64;
+    let mut last_ts = i64::MIN;
+    let results = std::thread::scope(|scope| -> Result<Vec<WorkerResult>> {
+        let mut links: Vec<(Sender<Batch>, Receiver<Batch>)> = Vec::new();
+        let mut handles = Vec::new();
+        for _ in 0..workers {
+            let (tx, rx) = bounded::<Batch>(64);
+            let (pool_tx, pool_rx) = bounded::<Batch>(80);
+            handles.push(scope.spawn(move || import_worker(dir, workers, rx, pool_tx)));
+            links.push((tx, pool_rx));
+        }
+        let mut batches: Vec<Batch> = (0..workers).map(|_| Batch::default()).collect();
+        let send = |w: usize, b: &mut Batch, links: &[(Sender<Batch>, Receiver<Batch>)]| {
+            let fresh = links[w].1.try_recv().unwrap_or_default();
+            // A worker that failed has dropped its receiver; its error is reported on join.
+            let _ = links[w].0.send(std::mem::replace(b, fresh));
+        };
+        loop {
+            let frame = match reader.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    input.read_error = Some(e.to_string());
+                    break;
+                }
+            };
+            input.frames += 1;
+            let ts = frame.ts_ns;
+            if ts < last_ts {
+                input.time_went_back += 1;
+            }
+            last_ts = last_ts.max(ts);
+            let pkt = match decoder.decode(ts, frame.linktype, frame.data) {
+                Ok(Decoded::Packet(p)) => p,
+                Ok(Decoded::Ignored(i)) => {
+                    *input.skipped.entry(ignored_reason(i)).or_default() += 1;
+                    continue;
+                }
+                Err(e) => {
+                    *input.malformed.entry(format!("frame decode: {e}")).or_default() += 1;
+                    continue;
+                }
+            };
+            learned.clear();
+            kernel.clear();
+            let Some(w) = steering.route(&pkt, ts, &mut learned, &mut kernel) else {
+                unmatched += 1;
+                continue;
+            };
+            let w = w as usize;
+            batches[w].push(ts, frame.linktype, frame.data, &pkt);
+            if batches[w].full() {
+                send(w, &mut batches[w], &links);
+            }
+        }
+        for (w, b) in batches.iter_mut().enumerate() {
+            if !b.items.is_empty() {
+                send(w, b, &links);
+            }
+        }
+        drop(links);
+        handles.into_iter().map(|h| h.join().map_err(|_| anyhow::anyhow!("an import worker panicked"))?).collect()
+    })?;
+    pb.finish_and_clear();
+    let mut st = Stats::default();
+    let (mut recorded, mut errors) = (0, Vec::new());
+    for r in results {
+        st.absorb(&r.stats);
+        recorded += r.recorded;
+        errors.extend(r.errors);
+    }
+    st.unmatched_udp += unmatched;
+    Ok(summary(path, input, &st, recorded, errors, workers))
+}
+
+fn import_worker(dir: &Path, workers: usize, rx: Receiver<Batch>, pool: Sender<Batch>) -> Result<WorkerResult> {
+    let mut store = Store::open(dir).context("import worker")?;
+    let mut sink = store.recorder()?;
+    sink.set_open_file_budget(recorder::store::default_open_file_budget() / workers.max(1));
+    let mut engine = Engine::new(Config::default());
+    let mut decoder = Decoder::default();
+    let mut last = i64::MIN;
+    for mut batch in rx {
+        for (it, frame) in batch.frames() {
+            if let Ok(Decoded::Packet(p)) = decoder.decode(it.ts, it.linktype, frame) {
+                engine.handle(&p, it.ts, &mut sink);
+            }
+            last = last.max(it.ts);
+            sink.tick(last);
+        }
+        batch.clear();
+        let _ = pool.try_send(batch);
+    }
+    engine.finish(&mut sink);
+    sink.flush();
+    let stats = engine.stats().clone();
+    Ok(WorkerResult { stats, recorded: sink.recorded, errors: std::mem::take(&mut sink.errors) })
 }
 
 fn print_summary(s: &serde_json::Value) {

@@ -2,6 +2,7 @@
 //! exit codes, `--json`/`--csv`), quiet when piped, and writes an audit entry when it reads or
 //! changes recordings.
 
+mod batch;
 mod capture;
 mod import;
 
@@ -48,6 +49,10 @@ enum Cmd {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+        /// Worker threads recording calls (calls are steered to workers as in live capture);
+        /// default: one per CPU, at most 8.
+        #[arg(long, value_name = "N")]
+        workers: Option<usize>,
     },
     /// Find calls. EXPR is `FIELD OP [VALUE]`, e.g. `from = 1234`, `start after 2024-05-01`.
     Search {
@@ -188,7 +193,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("created store {} with key {id}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Import { files, json } => import::run(&dir, &files, json, &user),
+        Cmd::Import { files, json, workers } => {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let workers = workers.unwrap_or(cpus.min(8));
+            anyhow::ensure!((1..=256).contains(&workers), "--workers must be between 1 and 256, got {workers}");
+            import::run(&dir, &files, json, &user, workers)
+        }
         Cmd::Search { conds, text, limit, json, csv } => {
             let mut store = open_store(&dir)?;
             let mut f = Filter::default();

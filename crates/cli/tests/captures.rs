@@ -21,15 +21,21 @@ fn import_alone(name: &str) -> (TestStore, Vec<Value>) {
     (t, calls)
 }
 
-#[test]
-fn every_capture_imports_without_panic_or_hang() {
-    let Some(dir) = pcaps_dir() else { return };
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
+/// The shared captures, sorted.
+fn shared_captures(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "pcap" || e == "pcapng"))
         .collect();
     files.sort();
+    files
+}
+
+#[test]
+fn every_capture_imports_without_panic_or_hang() {
+    let Some(dir) = pcaps_dir() else { return };
+    let files = shared_captures(&dir);
     assert_eq!(files.len(), 25, "expected the 25 shared captures");
     let t = TestStore::new();
     for f in files {
@@ -501,4 +507,42 @@ fn opus_calls_decode_and_export_to_ogg() {
     ]);
     let b = std::fs::read(&ogg).unwrap();
     assert!(b.starts_with(b"OggS") && b.windows(8).any(|w| w == b"OpusHead"), "not Ogg Opus");
+}
+
+/// The calls of a store as a comparable set: everything search prints except what depends on the
+/// order rows were written in or on random file keys (id, file, md5, bytes).
+fn call_set(t: &TestStore) -> Vec<Value> {
+    let mut calls: Vec<Value> = t
+        .search(&[])
+        .into_iter()
+        .map(|mut c| {
+            for k in ["id", "file", "md5", "bytes"] {
+                c.as_object_mut().unwrap().remove(k);
+            }
+            c
+        })
+        .collect();
+    calls.sort_by_key(|c| {
+        (c["call_id"].as_str().unwrap_or("").to_string(), c["start"].as_str().unwrap_or("").to_string())
+    });
+    calls
+}
+
+#[test]
+fn parallel_import_records_exactly_what_one_worker_records() {
+    let Some(dir) = pcaps_dir() else { return };
+    let files = shared_captures(&dir);
+    for f in files {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        let mut outcomes = Vec::new();
+        for workers in ["1", "3"] {
+            let t = TestStore::new();
+            let out = t.ok(&["import", "--json", "--workers", workers, f.to_str().unwrap()]);
+            let mut summary: Value = serde_json::from_str(&out).unwrap();
+            summary[0].as_object_mut().unwrap().remove("workers");
+            outcomes.push((summary, call_set(&t)));
+        }
+        assert_eq!(outcomes[0].0, outcomes[1].0, "{name}: import summaries differ between 1 and 3 workers");
+        assert_eq!(outcomes[0].1, outcomes[1].1, "{name}: recorded calls differ between 1 and 3 workers");
+    }
 }

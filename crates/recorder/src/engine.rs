@@ -100,6 +100,30 @@ pub struct Stats {
     pub endpoints_refused: u64,
 }
 
+impl Stats {
+    /// Adds another engine's counters (engines sharded over workers report one total).
+    pub fn absorb(&mut self, o: &Stats) {
+        self.packets += o.packets;
+        self.sip_messages += o.sip_messages;
+        self.sip_duplicates += o.sip_duplicates;
+        for (k, v) in &o.sip_malformed {
+            *self.sip_malformed.entry(k).or_default() += v;
+        }
+        self.sip_ignored += o.sip_ignored;
+        self.rtp_packets += o.rtp_packets;
+        self.rtp_duplicates += o.rtp_duplicates;
+        self.rtcp_packets += o.rtcp_packets;
+        self.unmatched_udp += o.unmatched_udp;
+        self.unmatched_tcp += o.unmatched_tcp;
+        self.calls_started += o.calls_started;
+        self.calls_ended += o.calls_ended;
+        self.calls_refused += o.calls_refused;
+        self.streams += o.streams;
+        self.streams_refused += o.streams_refused;
+        self.endpoints_refused += o.endpoints_refused;
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct MediaRef {
     slot: u32,

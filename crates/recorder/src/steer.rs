@@ -10,8 +10,9 @@
 //! - A SIP message over UDP goes to the worker of its Call-ID. A new Call-ID goes to the worker
 //!   that already owns one of its SDP endpoints (calls that share a media endpoint, as a PBX's
 //!   single media port does, must be on one engine to be told apart), else to hash(Call-ID).
-//! - SIP over TCP goes to the worker of its connection (hash of the address pair), so that one
-//!   worker reassembles the stream; a Call-ID first seen there is pinned to that worker.
+//! - SIP over TCP goes to one worker, which reassembles every stream; a Call-ID first seen there
+//!   is pinned to that worker (a call's messages may use several connections, and a message may
+//!   span segments, so neither the connection nor the Call-ID can spread TCP over workers).
 //! - UDP that is not SIP goes to the owner of its destination endpoint, else of its source.
 //! - A call's endpoints are released `linger` after BYE, CANCEL or a final failure (except
 //!   401/407, which are retried on the same Call-ID), or when neither SIP nor media was seen for
@@ -23,15 +24,18 @@
 //! [`KernelChange`]s for the XDP filter's map.
 
 use std::hash::{Hash, Hasher};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use capture_core::{Packet, Transport};
 use rustc_hash::{FxHashMap, FxHasher};
 
 use crate::sdp::Sdp;
-use crate::sip::{SipMessage, StartLine, looks_like_sip};
+use crate::sip::{NOT_UTF8, SipError, SipMessage, StartLine, looks_like_sip};
 
 pub type Endpoint = (IpAddr, u16);
+
+/// The worker that reassembles all SIP over TCP (see [`Steering::route`]).
+pub const TCP_WORKER: u32 = 0;
 
 /// What one replica learned from SIP, for the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,8 +140,11 @@ impl Steering {
         }
         match pkt.transport {
             Transport::Tcp { .. } => {
-                let (a, b) = (SocketAddr::new(pkt.src, pkt.sport), SocketAddr::new(pkt.dst, pkt.dport));
-                let worker = (hash_of(if a < b { (a, b) } else { (b, a) }) % u64::from(self.cfg.workers)) as u32;
+                // Every TCP segment goes to one worker. A message can span segments, so it cannot
+                // be steered by Call-ID before reassembly, and one call's messages often travel on
+                // several connections (each side opens its own), so no per-connection choice keeps
+                // a call together. Calls signalled over TCP therefore share worker 0.
+                let worker = TCP_WORKER;
                 self.stats.sip += 1;
                 if let Ok((msg, _)) = SipMessage::parse(pkt.payload, true) {
                     self.on_sip(&msg, Some(worker), ts, learned, kernel);
@@ -171,11 +178,24 @@ impl Steering {
                 self.stats.sip += 1;
                 match SipMessage::parse(pkt.payload, false) {
                     Ok((msg, _)) => Some(self.on_sip(&msg, None, ts, learned, kernel)),
+                    // Latin-1 display names: the engine records these from a lossy copy, so the
+                    // message must reach its call's worker (rare, so the copy does not matter).
+                    Err(SipError::Malformed(NOT_UTF8)) => {
+                        let owned = String::from_utf8_lossy(pkt.payload).into_owned();
+                        match SipMessage::parse(owned.as_bytes(), false) {
+                            Ok((msg, _)) => Some(self.on_sip(&msg, None, ts, learned, kernel)),
+                            Err(_) => Some(self.malformed_worker(pkt.payload)),
+                        }
+                    }
                     // Malformed SIP still goes to a worker, whose engine counts it and says why.
-                    Err(_) => Some((hash_of(pkt.payload.get(..64)) % u64::from(self.cfg.workers)) as u32),
+                    Err(_) => Some(self.malformed_worker(pkt.payload)),
                 }
             }
         }
+    }
+
+    fn malformed_worker(&self, payload: &[u8]) -> u32 {
+        (hash_of(payload.get(..64)) % u64::from(self.cfg.workers)) as u32
     }
 
     fn on_sip(
