@@ -202,8 +202,10 @@ fn one_run(rig: &Rig, o: &LiveOpts, mode: &str, calls: u32, flat_out: bool) -> R
     let cpu1 = cpu_times();
     let rcpu1 = pid.as_deref().and_then(cpu_seconds).unwrap_or(0.0);
     let hwm_mib = pid.as_deref().and_then(|p| status_kib(p, "VmHWM")).unwrap_or(0) as f64 / 1024.0;
-    // Let the last packets drain and the calls' linger pass before stopping.
-    std::thread::sleep(Duration::from_millis(if mode == "tcpdump" { 500 } else { 3000 }));
+    // Let the last packets drain and the calls' linger pass before stopping. tcpdump needs more
+    // than its 1 s packet-buffer timeout: TPACKET_V3 hands a partly filled block to libpcap only
+    // when the timeout retires it, and tcpdump stopped earlier never writes that block.
+    std::thread::sleep(Duration::from_millis(3000));
     let cores: Vec<f64> = cpu0
         .iter()
         .zip(&cpu1)

@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::{Result, ensure};
 use capture_core::synth::{Flow, udp_frame};
 use recorder::Config;
+use recorder::steer::{SteerConfig, Steering};
 use serde_json::{Value, json};
 
 use crate::pipeline::{Pipeline, Stage, bench_store, raise_fd_limit};
@@ -85,6 +86,7 @@ pub fn flood_bench(invites: u32, stray_rtp: u32, max_calls: usize) -> Result<Val
     let base = rss_mib();
     let mut p = Pipeline::new(Stage::Store, Some(&mut store))?;
     p.engine = recorder::Engine::new(Config { max_calls, ..Default::default() });
+    p.steering = Steering::new(SteerConfig { workers: 1, max_calls, ..Default::default() });
     let mut samples = Vec::new();
     let t0 = 1_700_000_000_000_000_000i64;
     let total = invites as u64 + stray_rtp as u64;

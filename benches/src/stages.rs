@@ -82,36 +82,63 @@ pub fn run(calls: u32, duration: f64, ramp: f64, reps: usize, dir: &Path, only: 
     }))
 }
 
-/// `callrec import` against `tcpdump -r FILE -w /dev/null` on the same generated capture, run
-/// alternately `reps` times; medians and their ratio.
-pub fn import_vs_tcpdump(callrec: &Path, pcap: &Path, frames: u64, reps: usize, dir: &Path) -> Result<Value> {
+/// `callrec import --workers W` for each W against `tcpdump -r FILE -w /dev/null` on the same
+/// generated capture, run alternately `reps` times; medians and their ratios.
+pub fn import_vs_tcpdump(
+    callrec: &Path,
+    pcap: &Path,
+    frames: u64,
+    reps: usize,
+    workers: &[usize],
+    dir: &Path,
+) -> Result<Value> {
     use std::process::Command;
     let mut t_tcpdump = Vec::new();
-    let mut t_import = Vec::new();
+    let mut t_import: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];
     let mut last = Value::Null;
     for _ in 0..reps.max(1) {
         let t = Instant::now();
         let o = Command::new("tcpdump").arg("-r").arg(pcap).args(["-w", "/dev/null"]).output()?;
         ensure!(o.status.success(), "tcpdump -r: {}", String::from_utf8_lossy(&o.stderr));
         t_tcpdump.push(t.elapsed().as_secs_f64());
-        let tmp = tempfile::tempdir_in(dir)?;
-        let store = tmp.path().join("store");
-        let pass = tmp.path().join("pass");
-        std::fs::write(&pass, "bench passphrase\n")?;
-        let o =
-            Command::new(callrec).arg("--store").arg(&store).args(["init", "--passphrase-file"]).arg(&pass).output()?;
-        ensure!(o.status.success(), "callrec init: {}", String::from_utf8_lossy(&o.stderr));
-        let t = Instant::now();
-        let o = Command::new(callrec).arg("--store").arg(&store).args(["import", "--json"]).arg(pcap).output()?;
-        t_import.push(t.elapsed().as_secs_f64());
-        ensure!(o.status.success(), "callrec import: {}", String::from_utf8_lossy(&o.stderr));
-        last = serde_json::from_slice(&o.stdout)?;
+        for (k, w) in workers.iter().enumerate() {
+            let tmp = tempfile::tempdir_in(dir)?;
+            let store = tmp.path().join("store");
+            let pass = tmp.path().join("pass");
+            std::fs::write(&pass, "bench passphrase\n")?;
+            let o = Command::new(callrec)
+                .arg("--store")
+                .arg(&store)
+                .args(["init", "--passphrase-file"])
+                .arg(&pass)
+                .output()?;
+            ensure!(o.status.success(), "callrec init: {}", String::from_utf8_lossy(&o.stderr));
+            let t = Instant::now();
+            let o = Command::new(callrec)
+                .arg("--store")
+                .arg(&store)
+                .args(["import", "--json", "--workers", &w.to_string()])
+                .arg(pcap)
+                .output()?;
+            t_import[k].push(t.elapsed().as_secs_f64());
+            ensure!(o.status.success(), "callrec import: {}", String::from_utf8_lossy(&o.stderr));
+            last = serde_json::from_slice(&o.stdout)?;
+            ensure!(last[0]["store_errors"].as_array().is_some_and(|a| a.is_empty()), "store errors: {last}");
+        }
     }
-    let (td, im) = (median(&mut t_tcpdump), median(&mut t_import));
+    let td = median(&mut t_tcpdump.clone());
+    let per_workers: Vec<Value> = workers
+        .iter()
+        .zip(&t_import)
+        .map(|(w, t)| {
+            let im = median(&mut t.clone());
+            json!({"workers": w, "import_s": t, "import_mpps_median": frames as f64 / im / 1e6,
+                   "calls_per_s": last[0]["calls"].as_f64().unwrap_or(0.0) / im, "import_over_tcpdump": td / im})
+        })
+        .collect();
     Ok(json!({
-        "bench": "import_vs_tcpdump", "file": pcap.display().to_string(), "frames": frames, "reps": reps,
-        "tcpdump_read_s": t_tcpdump, "import_s": t_import,
-        "tcpdump_mpps_median": frames as f64 / td / 1e6, "import_mpps_median": frames as f64 / im / 1e6,
-        "import_over_tcpdump": td / im, "import_summary": last,
+        "bench": "import_vs_tcpdump", "frames": frames, "reps": reps,
+        "tcpdump_read_s": t_tcpdump, "tcpdump_mpps_median": frames as f64 / td / 1e6,
+        "import": per_workers, "last_import_summary": last,
     }))
 }

@@ -52,6 +52,9 @@ enum Cmd {
         duration: f64,
         #[arg(long, default_value_t = 3)]
         reps: usize,
+        /// Worker counts to run import with (each against the same tcpdump runs).
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        workers: Vec<usize>,
         #[arg(long, default_value = "/var/tmp")]
         dir: PathBuf,
     },
@@ -130,7 +133,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Stages { calls, duration, ramp, reps, dir, only } => {
             stages::run(calls, duration, ramp, reps, &dir, only.as_deref())?
         }
-        Cmd::Import { calls, duration, reps, dir } => {
+        Cmd::Import { calls, duration, reps, workers, dir } => {
             let bin = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
             let tmp = tempfile::tempdir_in(&dir)?;
             let pcap = tmp.path().join(format!("calls{calls}.pcap"));
@@ -145,7 +148,7 @@ fn run(cli: Cli) -> Result<()> {
                 pw.write(ts, &buf)?;
             }
             std::io::Write::flush(&mut pw.into_inner())?;
-            stages::import_vs_tcpdump(&bin.join("callrec"), &pcap, w.total_frames(), reps, &dir)?
+            stages::import_vs_tcpdump(&bin.join("callrec"), &pcap, w.total_frames(), reps, &workers, &dir)?
         }
         Cmd::Index { rows, db, queries, reuse } => indexbench::run(rows, &db, queries, reuse)?,
         Cmd::Memory { calls, duration, ramp, dir } => measure::memory_bench(calls, duration, ramp, &dir)?,

@@ -40,7 +40,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut seen = 0u64;
     while Instant::now() < end {
         let n = src.poll(256, &mut |_, _| seen += 1)?;
-        if n == 0 { backoff.wait() } else { backoff.reset() }
+        if n == 0 {
+            if let Some(t) = backoff.idle() {
+                src.wait(t);
+            }
+        } else {
+            backoff.reset()
+        }
     }
     println!("frames {seen} stats {:?}", src.stats());
     if let Some(f) = &filter {

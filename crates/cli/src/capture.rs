@@ -286,7 +286,13 @@ pub fn run(dir: &Path, args: CaptureArgs, user: &str) -> Result<ExitCode> {
             peers,
             learn_rx,
             media_maps: filters.iter().map(XdpFilter::media).collect(),
-            steer: SteerConfig { workers, idle_ns, ..Default::default() },
+            // Steering tracks as many calls as the workers' engines can hold between them.
+            steer: SteerConfig {
+                workers,
+                idle_ns,
+                max_calls: Config::default().max_calls * workers as usize,
+                ..Default::default()
+            },
         };
         reader_threads.push(
             std::thread::Builder::new()
@@ -476,7 +482,9 @@ fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx) {
             break;
         }
         if n == 0 {
-            backoff.wait();
+            if let Some(t) = backoff.idle() {
+                src.wait(t);
+            }
         } else {
             backoff.reset();
         }

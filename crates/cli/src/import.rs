@@ -183,7 +183,11 @@ fn import_parallel(dir: &Path, path: &Path, workers: usize) -> Result<serde_json
     let pb = crate::progress_bar(len, &path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
     let mut reader = CaptureReader::new(BufReader::with_capacity(1 << 20, Counting { inner: f, pb: pb.clone() }))?;
     let mut decoder = Decoder::default();
-    let mut steering = Steering::new(SteerConfig { workers: workers as u32, ..Default::default() });
+    let mut steering = Steering::new(SteerConfig {
+        workers: workers as u32,
+        max_calls: Config::default().max_calls * workers,
+        ..Default::default()
+    });
     let (mut learned, mut kernel) = (Vec::new(), Vec::new());
     let mut input =
         Input { frames: 0, skipped: BTreeMap::new(), malformed: BTreeMap::new(), read_error: None, time_went_back: 0 };

@@ -6,6 +6,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{Ordering, fence};
+use std::time::Duration;
 
 use super::{LiveError, Source, SourceStats, ifindex, permission_or, setsockopt};
 
@@ -141,6 +142,11 @@ impl Source for AfPacketSource {
 
     fn queue(&self) -> u32 {
         self.member
+    }
+
+    fn wait(&mut self, timeout: Duration) {
+        // POLLIN when a block is retired (full, or its timeout passed).
+        super::wait_readable(self.fd.as_raw_fd(), timeout);
     }
 
     fn poll(&mut self, max: usize, f: &mut dyn FnMut(i64, &[u8])) -> Result<usize, LiveError> {

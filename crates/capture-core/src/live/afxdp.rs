@@ -6,6 +6,7 @@
 //! they are handed back right after the batch's callbacks, so a frame is never held by a worker.
 
 use std::num::NonZeroU32;
+use std::time::Duration;
 
 use xsk_rs::config::{BindFlags, FrameSize, LibxdpFlags, QueueSize, SocketConfig, UmemConfig};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
@@ -164,6 +165,11 @@ impl Source for AfXdpSource {
             self.fq.wakeup(self.rx.fd_mut(), 0).map_err(|e| xerr(&self.iface, self.queue, e))?;
         }
         Ok(n)
+    }
+
+    fn wait(&mut self, timeout: Duration) {
+        // poll(2) on an XDP socket also kicks the driver when the fill ring needs a wakeup.
+        super::wait_readable(std::os::fd::AsRawFd::as_raw_fd(self.rx.fd()), timeout);
     }
 
     fn stats(&mut self) -> SourceStats {

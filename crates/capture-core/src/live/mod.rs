@@ -57,6 +57,19 @@ pub trait Source: Send {
     /// Hands up to `max` frames to `f(ts_ns, frame)` without waiting; returns how many.
     fn poll(&mut self, max: usize, f: &mut dyn FnMut(i64, &[u8])) -> Result<usize, LiveError>;
     fn stats(&mut self) -> SourceStats;
+    /// Waits up to `timeout` for frames, giving the core away meanwhile. Sources with a
+    /// descriptor block in poll(2) and wake on the first frame; the default sleeps.
+    fn wait(&mut self, timeout: Duration) {
+        std::thread::sleep(timeout);
+    }
+}
+
+/// Blocks in poll(2) until `fd` is readable or `timeout` passes.
+pub fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+    // SAFETY: one pollfd for the duration of the call; errors (EINTR) just end the wait early.
+    unsafe { libc::poll(&mut p, 1, ms) };
 }
 
 /// Wall-clock time in nanoseconds (CLOCK_REALTIME, like capture files' timestamps).
@@ -84,19 +97,23 @@ impl Backoff {
         self.idle = 0;
     }
 
-    /// Called after a poll that found nothing. Spinning and yielding are kept short: on a small
-    /// machine the reader shares its cores with the workers (and, on a test rig, the traffic
-    /// source), so an idle reader must hand its core over quickly. A 4,096-frame ring holds over
-    /// 10 ms at 300 kpps, far longer than the longest sleep here.
-    pub fn wait(&mut self) {
+    /// Called after a poll that found nothing: spins, then yields, then says how long the reader
+    /// should block in [`Source::wait`]. Spinning and yielding are kept short: on a small machine
+    /// the reader shares its cores with the workers (and, on a test rig, the traffic source), so
+    /// an idle reader must hand its core over quickly; blocking wakes on the first frame, so a
+    /// ring (4,096 frames hold over 10 ms at 300 kpps) never waits on the timeout.
+    pub fn idle(&mut self) -> Option<Duration> {
         self.idle = self.idle.saturating_add(1);
         match self.idle {
-            0..=16 => std::hint::spin_loop(),
-            17..=24 => std::thread::yield_now(),
-            n => {
-                let step = Duration::from_micros(20u64 << ((n - 24) / 8).min(8));
-                std::thread::sleep(step.min(self.max_sleep));
+            0..=16 => {
+                std::hint::spin_loop();
+                None
             }
+            17..=24 => {
+                std::thread::yield_now();
+                None
+            }
+            _ => Some(self.max_sleep),
         }
     }
 }

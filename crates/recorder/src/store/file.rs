@@ -163,7 +163,9 @@ impl RecordingWriter {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&*dk)),
             file_id,
             chunk: 0,
-            pending: Vec::with_capacity(CHUNK_TARGET + 2048),
+            // Grows to a chunk's size in a talking call's first second; a call that never gets
+            // media (unanswered, or a flood of INVITEs) holds a few hundred bytes, not a page.
+            pending: Vec::with_capacity(256),
             pending_since: None,
             md5,
             bytes: HEADER_LEN as u64,
