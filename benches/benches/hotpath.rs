@@ -1,7 +1,7 @@
 //! Criterion micro-benches of the per-packet path, in steady state with 30,000 calls in progress
 //! (so stream lookups hit a table of realistic size, not a warm cache line):
 //! decode, decode+dispatch, +assembly (stream lookup, RTP statistics), +encrypted write, and the
-//! chunk encryption alone. Throughput is in packets (elements) per second on one core.
+//! chunk encryption and the MD5 watermark alone. Throughput is in packets (elements) per second on one core.
 //!
 //!     cargo bench -p callrec-bench --bench hotpath
 
@@ -12,6 +12,7 @@ use callrec_bench::traffic::{Generator, Workload};
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use md5::Digest;
 
 const CALLS: u32 = 30_000;
 const BATCH: usize = 8192;
@@ -79,6 +80,8 @@ fn hotpath(c: &mut Criterion) {
             cipher.encrypt_in_place_detached(Nonce::from_slice(&nonce), b"file-id", &mut buf).expect("encrypt")
         })
     });
+    // The MD5 watermark over the same chunk.
+    group.bench_function("md5_60KiB_chunk", |b| b.iter(|| md5::Md5::digest(&buf)));
     group.finish();
 }
 

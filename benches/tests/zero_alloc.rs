@@ -2,7 +2,7 @@
 //! assembly (engine) and the encrypted store, with a counting global allocator around them.
 //!
 //! Steady state means every call is up and every buffer has grown to its working size; the
-//! measured window (three seconds of capture time, 200 calls, 30,000 RTP packets) includes the
+//! measured window (three seconds of capture time, 200 calls, 60,000 RTP packets) includes the
 //! once-a-second work too: chunk encryption and writes, index commits, steering sweeps.
 
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -22,7 +22,7 @@ fn fixture() -> &'static Fixture {
         let key = PrivateStoreKey::unseal(&kp, b"fuzz").unwrap();
         let rp = dir.join("r.crec");
         let _ = std::fs::remove_file(&rp);
-        let mut w = RecordingWriter::create(&rp, &public, 0).unwrap();
+        let mut w = RecordingWriter::create(&rp, &public, 0, true).unwrap();
         w.start(0, "fuzz-call").unwrap();
         w.payload_types(recorder::Side::Caller, &[(0, "PCMU", 8000)]).unwrap();
         for i in 0..200u16 {

@@ -2,8 +2,9 @@
 //!
 //! Each source is one receive path (an interface queue, or a fanout member) read by one thread,
 //! without blocking: [`Source::poll`] hands over what the ring holds and returns at once, and the
-//! reader backs off adaptively ([`Backoff`]) when there is nothing, so a busy box polls at line
-//! rate and an idle one does not burn its cores. Frames are borrowed from the ring for the length
+//! reader backs off adaptively ([`Backoff`]) when there is nothing: a few spins, then it blocks in
+//! [`Source::wait`] (poll(2) on the socket) until frames arrive, so a busy box polls at line rate
+//! and an idle one does not burn its cores. Frames are borrowed from the ring for the length
 //! of the callback (the one copy is the reader's, into a worker's batch).
 
 pub mod afpacket;

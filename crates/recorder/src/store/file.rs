@@ -196,6 +196,11 @@ impl RecordingWriter {
     /// Appends one RTP packet. No allocation unless the chunk buffer must grow past its size.
     pub fn rtp(&mut self, stream: u8, side: Side, ts_ns: i64, rtp: &[u8]) -> Result<(), FileError> {
         let rtp = &rtp[..rtp.len().min(u16::MAX as usize)];
+        if self.pending.capacity() < CHUNK_TARGET {
+            // The call has media: size the chunk buffer once, exactly (growing by doubling would
+            // leave 16 KiB blocks half used, a third more memory at 20,000 calls).
+            self.pending.reserve_exact(CHUNK_TARGET + 2048 - self.pending.len());
+        }
         self.pending.push(1);
         self.pending.push(stream);
         self.pending.push(side as u8);
