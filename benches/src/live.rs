@@ -28,6 +28,8 @@ pub struct LiveOpts {
     pub duration: f64,
     pub ramp: f64,
     pub workers: u32,
+    /// Background frames after every call frame (0: the mirror carries only the calls).
+    pub noise: u32,
     pub work: PathBuf,
     pub callrec: PathBuf,
     pub generator: PathBuf,
@@ -195,6 +197,9 @@ fn one_run(rig: &Rig, o: &LiveOpts, mode: &str, calls: u32, flat_out: bool) -> R
     if flat_out {
         sender.arg("--flat-out");
     }
+    if o.noise > 0 {
+        sender.args(["--noise", &o.noise.to_string()]);
+    }
     let g = sender.output().context("cannot run callrec-gen")?;
     ensure!(g.status.success(), "callrec-gen: {}", String::from_utf8_lossy(&g.stderr));
     let sent: Value = serde_json::from_slice(&g.stdout).context("callrec-gen's report")?;
@@ -218,7 +223,7 @@ fn one_run(rig: &Rig, o: &LiveOpts, mode: &str, calls: u32, flat_out: bool) -> R
     let mut out = json!({
         "mode": mode, "calls": calls, "flat_out": flat_out,
         "offered_pps": sent["pps"], "steady_pps": w.steady_pps(), "frames_sent": frames_sent, "rtp_sent": rtp_sent,
-        "generator_max_lag_ms": sent["max_lag_ms"], "mirror_rx_packets": rx_after.saturating_sub(rx_before),
+        "generator_max_lag_ms": sent["max_lag_ms"], "noise_sent": sent["noise_sent"], "mirror_rx_packets": rx_after.saturating_sub(rx_before),
         "wall_s": wall, "cpu_busy_percent_per_core": cores,
         "recorder_cpu_s": rcpu1 - rcpu0, "recorder_peak_rss_mib": hwm_mib,
     });

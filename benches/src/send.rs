@@ -33,6 +33,24 @@ pub struct SendReport {
     pub max_lag_ms: f64,
     pub send_retries: u64,
     pub send_errors: u64,
+    /// Frames of background traffic (not SIP, not RTP) sent besides the calls.
+    pub noise_sent: u64,
+}
+
+/// A background frame: UDP to a syslog-like port from an address no call uses, RTP-sized, so a
+/// mirror port carries mostly other traffic, as real ones do.
+fn noise_frame(out: &mut Vec<u8>, mac: [u8; 6], k: u64) {
+    let (src, dst) = (0x0ac8_0000u32 | (k as u32 & 0xffff), 0x0ac9_0001u32);
+    let f = capture_core::synth::Flow {
+        src: std::net::Ipv4Addr::from(src).into(),
+        dst: std::net::Ipv4Addr::from(dst).into(),
+        sport: 40_000 + (k % 20_000) as u16,
+        dport: 5140,
+    };
+    out.clear();
+    out.extend_from_slice(&capture_core::synth::udp_frame(&f, &[b'x'; 172]));
+    out[..6].copy_from_slice(&mac);
+    out[6..12].copy_from_slice(&mac);
 }
 
 fn mac_of(iface: &str) -> Result<[u8; 6]> {
@@ -136,7 +154,8 @@ impl Drop for RawSocket {
 }
 
 /// Plays `w` onto `iface`.
-pub fn play(iface: &str, mut w: Workload, flat_out: bool, batch: usize) -> Result<SendReport> {
+/// Plays `w` onto `iface`, with `noise` background frames after every call frame.
+pub fn play(iface: &str, mut w: Workload, flat_out: bool, batch: usize, noise: u32) -> Result<SendReport> {
     let batch = batch.clamp(1, 1024);
     let mac = mac_of(iface)?;
     w.src_mac = mac;
@@ -176,12 +195,25 @@ pub fn play(iface: &str, mut w: Workload, flat_out: bool, batch: usize) -> Resul
                 Some(t) if flat_out || t <= horizon => {}
                 _ => break,
             }
+            if k + 1 + noise as usize > batch && k > 0 {
+                break;
+            }
             g.next_frame(&mut bufs[k]);
             lens[k] = bufs[k].len();
             if bufs[k].len() > 42 && bufs[k][42] == 0x80 {
                 rep.rtp_sent += 1;
             }
             k += 1;
+            for _ in 0..noise {
+                if k == bufs.len() {
+                    bufs.push(Vec::with_capacity(1600));
+                    lens.push(0);
+                }
+                noise_frame(&mut bufs[k], mac, rep.noise_sent);
+                lens[k] = bufs[k].len();
+                rep.noise_sent += 1;
+                k += 1;
+            }
         }
         let (r, e) = sock.send_all(&bufs[..k], &lens[..k]);
         rep.send_retries += r;

@@ -108,6 +108,9 @@ enum Cmd {
         ramp: f64,
         #[arg(long, default_value_t = 2)]
         workers: u32,
+        /// Background frames (not SIP, not RTP) after every call frame, as on a busy mirror port.
+        #[arg(long, default_value_t = 0)]
+        noise: u32,
         #[arg(long, default_value = "/var/tmp/callrec-bench-live")]
         work: PathBuf,
         /// Where the JSON result goes (also printed).
@@ -153,7 +156,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Index { rows, db, queries, reuse } => indexbench::run(rows, &db, queries, reuse)?,
         Cmd::Memory { calls, duration, ramp, dir } => measure::memory_bench(calls, duration, ramp, &dir)?,
         Cmd::Flood { invites, stray_rtp, max_calls } => measure::flood_bench(invites, stray_rtp, max_calls)?,
-        Cmd::Live { loads, modes, duration, ramp, workers, work, out } => {
+        Cmd::Live { loads, modes, duration, ramp, workers, noise, work, out } => {
             let bin = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
             let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default();
             let opts = live::LiveOpts {
@@ -162,6 +165,7 @@ fn run(cli: Cli) -> Result<()> {
                 duration,
                 ramp,
                 workers,
+                noise,
                 work,
                 callrec: bin.join("callrec"),
                 generator: bin.join("callrec-gen"),

@@ -1,7 +1,7 @@
 //! `callrec-gen`: writes generated call traffic to a pcap file, or plays it onto an interface.
 //!
 //!     callrec-gen pcap OUT.pcap --calls 1000 --duration 30 [--ramp 1] [--dtmf-every 10]
-//!     callrec-gen send IFACE --calls 5000 --duration 20 [--ramp 2] [--flat-out]
+//!     callrec-gen send IFACE --calls 5000 --duration 20 [--ramp 2] [--flat-out] [--noise N]
 //!
 //! `send` paces frames by their timestamps (real time) unless `--flat-out`, which sends as fast as
 //! the socket takes them to measure the rig's ceiling. It prints one JSON object: frames sent,
@@ -67,6 +67,9 @@ enum Cmd {
         /// Frames per sendmmsg batch.
         #[arg(long, default_value_t = 64)]
         batch: usize,
+        /// Background frames (UDP to port 5140, not SIP, not RTP) sent after every call frame.
+        #[arg(long, default_value_t = 0)]
+        noise: u32,
     },
 }
 
@@ -105,9 +108,9 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Send { iface, shape, flat_out, batch } => {
+        Cmd::Send { iface, shape, flat_out, batch, noise } => {
             let w = shape.workload()?;
-            let report = send::play(&iface, w, flat_out, batch)?;
+            let report = send::play(&iface, w, flat_out, batch, noise)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
