@@ -51,6 +51,10 @@ pub fn run(calls: u32, duration: f64, ramp: f64, reps: usize, dir: &Path, only: 
             );
             delivered = p.delivered();
             std::hint::black_box(p.checksum);
+            if stage >= Stage::Dispatch {
+                // Every generated frame belongs to a call, so steering must place every one.
+                ensure!(p.routed == frames.len() as u64, "dispatch placed {} of {} frames", p.routed, frames.len());
+            }
         }
         let s = median(&mut secs);
         let ns_per_pkt = s * 1e9 / n;
