@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use capture_core::{CaptureReader, Decoded, Decoder, Ignored};
+use capture_core::{CaptureReader, Decoded, Decoder, Ignored, Packet};
 use crossbeam::channel::{Receiver, Sender, bounded};
 use recorder::engine::Stats;
 use recorder::steer::{SteerConfig, Steering};
@@ -70,50 +70,64 @@ pub fn run(dir: &Path, files: &[PathBuf], json_out: bool, user: &str, workers: u
 }
 
 fn import_one(store: &mut Store, path: &Path) -> Result<serde_json::Value> {
+    let mut engine = Engine::new(Config::default());
+    let mut sink = store.recorder()?;
+    let input = read_packets(path, |pkt, ts, last_ts, _, _| {
+        if let Some(p) = pkt {
+            engine.handle(p, ts, &mut sink);
+        }
+        sink.tick(last_ts);
+    })?;
+    engine.finish(&mut sink);
+    sink.flush();
+    let st = engine.stats().clone();
+    let errors = std::mem::take(&mut sink.errors);
+    let recorded = sink.recorded;
+    drop(sink);
+    Ok(summary(path, input, &st, recorded, errors, 1))
+}
+
+/// Reads every frame of the capture at `path` (with a progress bar), decodes it, counts what
+/// the input holds in an [`Input`], and calls `on_frame(packet, ts, latest ts, link type, frame)`
+/// for each frame: `packet` is `None` for frames that carry nothing to record.
+fn read_packets(path: &Path, mut on_frame: impl FnMut(Option<&Packet<'_>>, i64, i64, u32, &[u8])) -> Result<Input> {
     let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("cannot open: {e}"))?;
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let pb = crate::progress_bar(len, &path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
     let mut reader = CaptureReader::new(BufReader::with_capacity(1 << 20, Counting { inner: f, pb: pb.clone() }))?;
     let mut decoder = Decoder::default();
-    let mut engine = Engine::new(Config::default());
-    let mut sink = store.recorder()?;
-    let mut skipped: BTreeMap<String, u64> = BTreeMap::new();
-    let mut malformed: BTreeMap<String, u64> = BTreeMap::new();
-    let mut frames = 0u64;
-    let mut read_error = None;
+    let mut input =
+        Input { frames: 0, skipped: BTreeMap::new(), malformed: BTreeMap::new(), read_error: None, time_went_back: 0 };
     let mut last_ts = i64::MIN;
-    let mut time_went_back = 0u64;
     loop {
         let frame = match reader.next_frame() {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => {
-                read_error = Some(e.to_string());
+                input.read_error = Some(e.to_string());
                 break;
             }
         };
-        frames += 1;
+        input.frames += 1;
         let ts = frame.ts_ns;
         if ts < last_ts {
-            time_went_back += 1;
+            input.time_went_back += 1;
         }
         last_ts = last_ts.max(ts);
         match decoder.decode(ts, frame.linktype, frame.data) {
-            Ok(Decoded::Packet(p)) => engine.handle(&p, ts, &mut sink),
-            Ok(Decoded::Ignored(i)) => *skipped.entry(ignored_reason(i)).or_default() += 1,
-            Err(e) => *malformed.entry(format!("frame decode: {e}")).or_default() += 1,
+            Ok(Decoded::Packet(p)) => on_frame(Some(&p), ts, last_ts, frame.linktype, frame.data),
+            Ok(Decoded::Ignored(i)) => {
+                *input.skipped.entry(ignored_reason(i)).or_default() += 1;
+                on_frame(None, ts, last_ts, frame.linktype, frame.data);
+            }
+            Err(e) => {
+                *input.malformed.entry(format!("frame decode: {e}")).or_default() += 1;
+                on_frame(None, ts, last_ts, frame.linktype, frame.data);
+            }
         }
-        sink.tick(last_ts);
     }
-    engine.finish(&mut sink);
-    sink.flush();
     pb.finish_and_clear();
-    let st = engine.stats().clone();
-    let errors = std::mem::take(&mut sink.errors);
-    let recorded = sink.recorded;
-    drop(sink);
-    let input = Input { frames, skipped, malformed, read_error, time_went_back };
-    Ok(summary(path, input, &st, recorded, errors, 1))
+    Ok(input)
 }
 
 /// What the reading side of an import found.
@@ -178,22 +192,14 @@ struct WorkerResult {
 /// by call (the live capture's steering), workers run an engine and a store sink each. Channels
 /// block rather than drop: an import loses nothing to a slow disk, it waits.
 fn import_parallel(dir: &Path, path: &Path, workers: usize) -> Result<serde_json::Value> {
-    let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("cannot open: {e}"))?;
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let pb = crate::progress_bar(len, &path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-    let mut reader = CaptureReader::new(BufReader::with_capacity(1 << 20, Counting { inner: f, pb: pb.clone() }))?;
-    let mut decoder = Decoder::default();
     let mut steering = Steering::new(SteerConfig {
         workers: workers as u32,
         max_calls: Config::default().max_calls * workers,
         ..Default::default()
     });
     let (mut learned, mut kernel) = (Vec::new(), Vec::new());
-    let mut input =
-        Input { frames: 0, skipped: BTreeMap::new(), malformed: BTreeMap::new(), read_error: None, time_went_back: 0 };
     let mut unmatched = 0u64;
-    let mut last_ts = i64::MIN;
-    let results = std::thread::scope(|scope| -> Result<Vec<WorkerResult>> {
+    let (input, results) = std::thread::scope(|scope| -> Result<(Input, Vec<WorkerResult>)> {
         let mut links: Vec<(Sender<Batch>, Receiver<Batch>)> = Vec::new();
         let mut handles = Vec::new();
         for _ in 0..workers {
@@ -208,53 +214,32 @@ fn import_parallel(dir: &Path, path: &Path, workers: usize) -> Result<serde_json
             // A worker that failed has dropped its receiver; its error is reported on join.
             let _ = links[w].0.send(std::mem::replace(b, fresh));
         };
-        loop {
-            let frame = match reader.next_frame() {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => {
-                    input.read_error = Some(e.to_string());
-                    break;
-                }
-            };
-            input.frames += 1;
-            let ts = frame.ts_ns;
-            if ts < last_ts {
-                input.time_went_back += 1;
-            }
-            last_ts = last_ts.max(ts);
-            let pkt = match decoder.decode(ts, frame.linktype, frame.data) {
-                Ok(Decoded::Packet(p)) => p,
-                Ok(Decoded::Ignored(i)) => {
-                    *input.skipped.entry(ignored_reason(i)).or_default() += 1;
-                    continue;
-                }
-                Err(e) => {
-                    *input.malformed.entry(format!("frame decode: {e}")).or_default() += 1;
-                    continue;
-                }
-            };
+        let input = read_packets(path, |pkt, ts, _, linktype, frame| {
+            let Some(pkt) = pkt else { return };
             learned.clear();
             kernel.clear();
-            let Some(w) = steering.route(&pkt, ts, &mut learned, &mut kernel) else {
+            let Some(w) = steering.route(pkt, ts, &mut learned, &mut kernel) else {
                 unmatched += 1;
-                continue;
+                return;
             };
             let w = w as usize;
-            batches[w].push(ts, frame.linktype, frame.data, &pkt);
+            batches[w].push(ts, linktype, frame, pkt);
             if batches[w].full() {
                 send(w, &mut batches[w], &links);
             }
-        }
+        });
         for (w, b) in batches.iter_mut().enumerate() {
             if !b.items.is_empty() {
                 send(w, b, &links);
             }
         }
         drop(links);
-        handles.into_iter().map(|h| h.join().map_err(|_| anyhow::anyhow!("an import worker panicked"))?).collect()
+        let results = handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow::anyhow!("an import worker panicked"))?)
+            .collect::<Result<Vec<_>>>()?;
+        Ok((input?, results))
     })?;
-    pb.finish_and_clear();
     let mut st = Stats::default();
     let (mut recorded, mut errors) = (0, Vec::new());
     for r in results {
