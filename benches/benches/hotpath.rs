@@ -13,6 +13,7 @@ use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use md5::Digest;
+use recorder::store::md5x::{self, Job, Lanes, Md5State};
 
 const CALLS: u32 = 30_000;
 const BATCH: usize = 8192;
@@ -66,13 +67,13 @@ fn hotpath(c: &mut Criterion) {
     for stage in [Stage::Decode, Stage::Dispatch, Stage::Assembly, Stage::Store] {
         stage_bench(c, stage);
     }
-    // The chunk cipher alone, on a 60 KiB chunk (what a recording flushes): bytes per second.
+    // The chunk cipher alone, on an 8 KiB chunk (what a recording flushes): bytes per second.
     let cipher = ChaCha20Poly1305::new(Key::from_slice(&[7u8; 32]));
-    let mut buf = vec![0x55u8; 60 * 1024];
+    let mut buf = vec![0x55u8; 8 * 1024];
     let mut group = c.benchmark_group("crypto");
     group.throughput(Throughput::Bytes(buf.len() as u64));
     let mut n = 0u64;
-    group.bench_function("chacha20poly1305_60KiB_chunk", |b| {
+    group.bench_function("chacha20poly1305_8KiB_chunk", |b| {
         b.iter(|| {
             n += 1;
             let mut nonce = [0u8; 12];
@@ -80,8 +81,50 @@ fn hotpath(c: &mut Criterion) {
             cipher.encrypt_in_place_detached(Nonce::from_slice(&nonce), b"file-id", &mut buf).expect("encrypt")
         })
     });
-    // The MD5 watermark over the same chunk.
-    group.bench_function("md5_60KiB_chunk", |b| b.iter(|| md5::Md5::digest(&buf)));
+    let ring_key =
+        ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &[7u8; 32]).unwrap());
+    group.bench_function("ring_chacha20poly1305_8KiB_chunk", |b| {
+        b.iter(|| {
+            n += 1;
+            let mut nonce = [0u8; 12];
+            nonce[..8].copy_from_slice(&n.to_le_bytes());
+            ring_key
+                .seal_in_place_separate_tag(
+                    ring::aead::Nonce::assume_unique_for_key(nonce),
+                    ring::aead::Aad::from(b"file-id"),
+                    &mut buf,
+                )
+                .expect("encrypt")
+        })
+    });
+    group.finish();
+    watermark(c);
+}
+
+/// The MD5 watermark over 16 recordings' 8 KiB chunks: RustCrypto's md-5 one chunk at a time,
+/// callrec's own one-stream MD5, and callrec's lanes (16 files side by side with AVX-512, 8 with
+/// AVX2), all in one run so the ratios are side by side.
+fn watermark(c: &mut Criterion) {
+    const FILES: usize = 16;
+    let chunks: Vec<Vec<u8>> = (0..FILES).map(|i| vec![i as u8 ^ 0x5a; 8 * 1024 + 20]).collect();
+    let mut group = c.benchmark_group("watermark");
+    group.throughput(Throughput::Bytes((FILES * chunks[0].len()) as u64));
+    let mut md5s: Vec<md5::Md5> = (0..FILES).map(|_| md5::Md5::new()).collect();
+    group.bench_function("md5_crate_16x8KiB", |b| {
+        b.iter(|| {
+            for (h, c) in md5s.iter_mut().zip(&chunks) {
+                h.update(c);
+            }
+        })
+    });
+    let mut states: Vec<Md5State> = vec![Md5State::new(); FILES];
+    for path in [Lanes::Scalar, md5x::lanes()] {
+        group.bench_function(format!("callrec_{path:?}_16x8KiB").to_lowercase(), |b| {
+            b.iter(|| {
+                md5x::update_many_with(path, states.iter_mut().zip(&chunks).map(|(state, data)| Job { state, data }));
+            })
+        });
+    }
     group.finish();
 }
 

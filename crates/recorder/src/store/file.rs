@@ -29,6 +29,7 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 use super::keys::{KeyError, KeyId, PrivateStoreKey, PublicStoreKey, hex};
+use super::md5x::{self, Md5State};
 use crate::model::{CallSummary, Side};
 
 pub const MAGIC: &[u8; 8] = b"CRECv1\0\0";
@@ -41,6 +42,16 @@ const VERSION: u16 = 1;
 const CHUNK_TARGET: usize = 8 * 1024;
 /// Largest chunk a reader accepts.
 const MAX_CHUNK: usize = 1 << 20;
+/// A chunk buffer's size: the target, the slack, the largest record that usually pushes a chunk past
+/// target + slack (a full-size Ethernet RTP packet; bigger ones grow the buffer once), framing and
+/// the tag: 10 KiB.
+const CHUNK_CAPACITY: usize = FRAME + CHUNK_TARGET + CHUNK_SLACK + 15 + 1500 + 16;
+/// A chunk waiting for a batched flush (see [`RecordingWriter::rtp`]) flushes alone once it holds
+/// this much more than [`CHUNK_TARGET`]: the batch is an optimisation, never a reason to grow.
+const CHUNK_SLACK: usize = 512;
+/// Room kept in front of pending records for the chunk's length, so that length, ciphertext and
+/// tag are one contiguous buffer: one write, one MD5 update.
+const FRAME: usize = 4;
 /// Flush at least this often in capture time.
 const FLUSH_NS: i64 = 1_000_000_000;
 
@@ -123,12 +134,19 @@ pub struct RecordingWriter {
     file: Option<File>,
     keep_open: bool,
     path: String,
-    cipher: ChaCha20Poly1305,
+    /// The data key for sealing chunks. `ring`'s ChaCha20-Poly1305 (assembly) seals at 1.5 GiB/s
+    /// here against 0.87 GiB/s for RustCrypto's (benches: `crypto`); the output is the same
+    /// RFC 8439 AEAD, and reading ([`read_recording`]) uses RustCrypto's, so every test that reads
+    /// a recording back checks one implementation against the other.
+    cipher: ring::aead::LessSafeKey,
     file_id: [u8; 16],
     chunk: u64,
+    /// `FRAME` bytes for the length, then the records of the next chunk.
     pending: Vec<u8>,
     pending_since: Option<i64>,
-    md5: Md5,
+    md5: Md5State,
+    /// `pending` is a sealed chunk (encrypted, framed), waiting for its MD5 update and write.
+    sealed: bool,
     bytes: u64,
 }
 
@@ -154,20 +172,27 @@ impl RecordingWriter {
         use std::os::unix::fs::OpenOptionsExt;
         let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
         file.write_all(&header).map_err(io)?;
-        let mut md5 = Md5::new();
-        md5.update(header);
+        let mut md5 = Md5State::new();
+        md5.update(&header);
         Ok(RecordingWriter {
             file: keep_open.then_some(file),
             keep_open,
             path: p,
-            cipher: ChaCha20Poly1305::new(Key::from_slice(&*dk)),
+            cipher: ring::aead::LessSafeKey::new(
+                ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &*dk).expect("a 32-byte key"),
+            ),
             file_id,
             chunk: 0,
             // Grows to a chunk's size in a talking call's first second; a call that never gets
             // media (unanswered, or a flood of INVITEs) holds a few hundred bytes, not a page.
-            pending: Vec::with_capacity(256),
+            pending: {
+                let mut p = Vec::with_capacity(256);
+                p.extend_from_slice(&[0; FRAME]);
+                p
+            },
             pending_since: None,
             md5,
+            sealed: false,
             bytes: HEADER_LEN as u64,
         })
     }
@@ -176,12 +201,24 @@ impl RecordingWriter {
         self.file_id
     }
 
-    fn note(&mut self, ts_ns: i64) -> Result<(), FileError> {
+    /// Bytes of records waiting for the next chunk.
+    fn pending_len(&self) -> usize {
+        self.pending.len() - FRAME
+    }
+
+    /// Whether the pending chunk has reached its target size (see [`RecordingWriter::rtp`]).
+    pub fn chunk_full(&self) -> bool {
+        self.pending_len() >= CHUNK_TARGET
+    }
+
+    /// After a record: flushes when the chunk is a second old or past its size plus slack. Returns
+    /// whether the chunk is full enough to go out with the next batch ([`flush_batch`]).
+    fn note(&mut self, ts_ns: i64) -> Result<bool, FileError> {
         let since = *self.pending_since.get_or_insert(ts_ns);
-        if self.pending.len() >= CHUNK_TARGET || ts_ns - since >= FLUSH_NS {
+        if self.pending_len() >= CHUNK_TARGET + CHUNK_SLACK || ts_ns - since >= FLUSH_NS {
             self.flush_chunk(false)?;
         }
-        Ok(())
+        Ok(self.chunk_full())
     }
 
     pub fn start(&mut self, ts_ns: i64, call_id: &str) -> Result<(), FileError> {
@@ -190,16 +227,21 @@ impl RecordingWriter {
         self.pending.extend_from_slice(&ts_ns.to_le_bytes());
         self.pending.extend_from_slice(&(id.len() as u16).to_le_bytes());
         self.pending.extend_from_slice(id);
-        self.note(ts_ns)
+        self.note(ts_ns).map(drop)
     }
 
     /// Appends one RTP packet. No allocation unless the chunk buffer must grow past its size.
-    pub fn rtp(&mut self, stream: u8, side: Side, ts_ns: i64, rtp: &[u8]) -> Result<(), FileError> {
+    ///
+    /// Returns true when the chunk is full: the caller should flush it soon, together with other
+    /// recordings' full chunks, through [`flush_batch`] (their MD5 watermarks then advance side by
+    /// side in SIMD lanes). A chunk left waiting flushes alone once it outgrows its slack, or after
+    /// a second.
+    pub fn rtp(&mut self, stream: u8, side: Side, ts_ns: i64, rtp: &[u8]) -> Result<bool, FileError> {
         let rtp = &rtp[..rtp.len().min(u16::MAX as usize)];
-        if self.pending.capacity() < CHUNK_TARGET {
+        if self.pending.capacity() < CHUNK_CAPACITY {
             // The call has media: size the chunk buffer once, exactly (growing by doubling would
             // leave 16 KiB blocks half used, a third more memory at 20,000 calls).
-            self.pending.reserve_exact(CHUNK_TARGET + 2048 - self.pending.len());
+            self.pending.reserve_exact(CHUNK_CAPACITY - self.pending.len());
         }
         self.pending.push(1);
         self.pending.push(stream);
@@ -235,36 +277,52 @@ impl RecordingWriter {
         Ok(())
     }
 
-    fn flush_chunk(&mut self, last: bool) -> Result<(), FileError> {
-        if self.pending.is_empty() && !last {
-            return Ok(());
-        }
-        let tag: Tag = self
+    /// Encrypts the pending records in place and frames them: `[len | ciphertext | tag]`.
+    fn seal(&mut self, last: bool) -> Result<(), FileError> {
+        let nonce = ring::aead::Nonce::assume_unique_for_key(nonce(self.chunk, last).into());
+        let tag = self
             .cipher
-            .encrypt_in_place_detached(&nonce(self.chunk, last), &self.file_id, &mut self.pending)
+            .seal_in_place_separate_tag(nonce, ring::aead::Aad::from(&self.file_id), &mut self.pending[FRAME..])
             .map_err(|_| FileError::BadRecord { path: self.path.clone(), chunk: self.chunk, what: "too large" })?;
-        let len = (self.pending.len() + 16) as u32;
-        let head = len.to_le_bytes();
-        self.md5.update(head);
-        self.md5.update(&self.pending);
-        self.md5.update(tag);
-        // One write per chunk: length, ciphertext and tag leave together.
+        self.pending.extend_from_slice(tag.as_ref());
+        let len = (self.pending.len() - FRAME) as u32;
+        self.pending[..FRAME].copy_from_slice(&len.to_le_bytes());
+        self.sealed = true;
+        Ok(())
+    }
+
+    /// Writes a sealed chunk (whose MD5 is already updated) and starts the next one.
+    fn write_sealed(&mut self) -> Result<(), FileError> {
         let path = &self.path;
         let ioe = |source| FileError::Io { path: path.clone(), source };
-        let file = match &mut self.file {
-            Some(f) => f,
-            None => self.file.insert(std::fs::OpenOptions::new().append(true).open(path).map_err(ioe)?),
-        };
-        let mut iov = [io::IoSlice::new(&head), io::IoSlice::new(&self.pending), io::IoSlice::new(&tag)];
-        write_all_vectored(file, &mut iov).map_err(ioe)?;
+        let r = match &mut self.file {
+            Some(f) => Ok(f),
+            None => std::fs::OpenOptions::new().append(true).open(path).map(|f| self.file.insert(f)).map_err(ioe),
+        }
+        // One write per chunk: length, ciphertext and tag leave together.
+        .and_then(|file| file.write_all(&self.pending).map_err(ioe));
         if !self.keep_open {
             self.file = None;
         }
-        self.bytes += 4 + len as u64;
+        // Written or not, the chunk is done: a failed write (disk full) leaves a recording that
+        // `verify` reports as damaged, and the next chunk is not sealed twice.
+        if r.is_ok() {
+            self.bytes += self.pending.len() as u64;
+        }
         self.chunk += 1;
-        self.pending.clear();
+        self.pending.truncate(FRAME);
         self.pending_since = None;
-        Ok(())
+        self.sealed = false;
+        r
+    }
+
+    fn flush_chunk(&mut self, last: bool) -> Result<(), FileError> {
+        if self.pending_len() == 0 && !last {
+            return Ok(());
+        }
+        self.seal(last)?;
+        self.md5.update(&self.pending);
+        self.write_sealed()
     }
 
     /// Writes the call summary and the final chunk and returns the MD5 watermark. The data is not
@@ -275,7 +333,7 @@ impl RecordingWriter {
         self.pending.push(3);
         self.pending.extend_from_slice(&(json.len() as u32).to_le_bytes());
         self.pending.extend_from_slice(&json);
-        if self.pending.len() > CHUNK_TARGET {
+        if self.pending_len() > CHUNK_TARGET {
             self.flush_chunk(false)?;
         }
         self.flush_chunk(true)?;
@@ -284,18 +342,36 @@ impl RecordingWriter {
     }
 }
 
-/// `write_all` for several buffers: one `writev` in the common case, the rest on a short write.
-fn write_all_vectored(f: &mut File, mut bufs: &mut [io::IoSlice<'_>]) -> io::Result<()> {
-    io::IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        match f.write_vectored(bufs) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "failed to write whole chunk")),
-            Ok(n) => io::IoSlice::advance_slices(&mut bufs, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+/// Flushes the pending chunks of several recordings together: each is encrypted, then their MD5
+/// watermarks advance side by side ([`md5x::update_many`]), then each is written. The same bytes
+/// and watermark as flushing each alone. A writer whose chunk fails to seal or write reports its
+/// error through `on_error` and the others go on. Allocates nothing.
+pub fn flush_batch<W: AsMut<RecordingWriter>>(writers: &mut [W], mut on_error: impl FnMut(FileError)) {
+    for w in writers.iter_mut().map(AsMut::as_mut) {
+        if w.pending_len() > 0
+            && let Err(e) = w.seal(false)
+        {
+            on_error(e);
         }
     }
-    Ok(())
+    md5x::update_many(
+        writers
+            .iter_mut()
+            .map(AsMut::as_mut)
+            .filter(|w| w.sealed)
+            .map(|w| md5x::Job { state: &mut w.md5, data: &w.pending }),
+    );
+    for w in writers.iter_mut().map(AsMut::as_mut).filter(|w| w.sealed) {
+        if let Err(e) = w.write_sealed() {
+            on_error(e);
+        }
+    }
+}
+
+impl AsMut<RecordingWriter> for RecordingWriter {
+    fn as_mut(&mut self) -> &mut RecordingWriter {
+        self
+    }
 }
 
 /// A decoded record.

@@ -11,6 +11,7 @@
 pub mod file;
 pub mod index;
 pub mod keys;
+pub mod md5x;
 pub mod query;
 
 use std::path::{Path, PathBuf};
@@ -174,11 +175,15 @@ impl Store {
             open: Vec::new(),
             errors: Vec::new(),
             recorded: 0,
+            batched_chunks: 0,
             last_tick: i64::MIN,
             ops: Vec::new(),
             rows: Default::default(),
             open_file_budget: default_open_file_budget(),
             open_files: 0,
+            ready: Vec::with_capacity(md5x::MAX_JOBS),
+            batch: Vec::with_capacity(md5x::MAX_JOBS),
+            batch_width: md5x::lanes().width(),
         })
     }
 
@@ -241,9 +246,18 @@ pub struct Rotation {
 
 struct OpenRecording {
     uid: u64,
+    slot: u32,
     writer: RecordingWriter,
     rel: String,
     keep_open: bool,
+    /// Its full chunk waits in [`StoreSink::ready`].
+    queued: bool,
+}
+
+impl AsMut<RecordingWriter> for OpenRecording {
+    fn as_mut(&mut self) -> &mut RecordingWriter {
+        &mut self.writer
+    }
 }
 
 /// An index write waiting for the next commit.
@@ -268,6 +282,8 @@ pub struct StoreSink<'a> {
     open: Vec<Option<OpenRecording>>,
     pub errors: Vec<String>,
     pub recorded: u64,
+    /// Chunks flushed in batches (their MD5 advanced in SIMD lanes), out of all chunks.
+    pub batched_chunks: u64,
     last_tick: i64,
     ops: Vec<IndexOp>,
     /// Index rows of calls whose start is committed, by call uid.
@@ -275,6 +291,12 @@ pub struct StoreSink<'a> {
     /// Files kept open between chunks; calls beyond it reopen their file for each chunk.
     open_file_budget: usize,
     open_files: usize,
+    /// Calls (slot, uid) whose chunk is full, waiting to be flushed together (see
+    /// [`file::flush_batch`]): as many as the CPU hashes side by side.
+    ready: Vec<(u32, u64)>,
+    /// Where a batch's recordings are held while it flushes (kept to reuse its allocation).
+    batch: Vec<OpenRecording>,
+    batch_width: usize,
 }
 
 impl StoreSink<'_> {
@@ -292,6 +314,36 @@ impl StoreSink<'_> {
     /// Several sinks in one process (capture workers) share the process limit.
     pub fn set_open_file_budget(&mut self, n: usize) {
         self.open_file_budget = n;
+    }
+
+    /// Flushes the full chunks waiting in `ready` as one batch.
+    fn flush_ready(&mut self) {
+        let mut batch = std::mem::take(&mut self.batch);
+        for (slot, uid) in self.ready.drain(..) {
+            let Some(cell) = self.open.get_mut(slot as usize) else { continue };
+            match cell {
+                Some(r) if r.uid == uid && r.queued => {
+                    r.queued = false;
+                    // A chunk that flushed alone meanwhile (it outgrew its slack) is not sent early.
+                    if r.writer.chunk_full() {
+                        batch.extend(cell.take());
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.batched_chunks += batch.len() as u64;
+        let errors = &mut self.errors;
+        file::flush_batch(&mut batch, |e| {
+            if errors.len() < 1000 {
+                errors.push(e.to_string());
+            }
+        });
+        for r in batch.drain(..) {
+            let slot = r.slot as usize;
+            self.open[slot] = Some(r);
+        }
+        self.batch = batch;
     }
 
     /// Syncs finished recordings, then applies the queued index writes in one transaction.
@@ -338,6 +390,7 @@ impl StoreSink<'_> {
             return;
         }
         self.last_tick = now_ns;
+        self.flush_ready();
         let mut errs = Vec::new();
         for r in self.open.iter_mut().flatten() {
             if let Err(e) = r.writer.tick(now_ns) {
@@ -352,6 +405,7 @@ impl StoreSink<'_> {
 
     /// Syncs and commits the index batch. Call when the input ends.
     pub fn flush(&mut self) {
+        self.flush_ready();
         self.commit();
     }
 }
@@ -391,7 +445,7 @@ impl Sink for StoreSink<'_> {
         if self.open.len() <= slot {
             self.open.resize_with(slot + 1, || None);
         }
-        self.open[slot] = Some(OpenRecording { uid: call.uid, writer, rel, keep_open });
+        self.open[slot] = Some(OpenRecording { uid: call.uid, slot: call.slot, writer, rel, keep_open, queued: false });
         if self.ops.len() >= 2000 {
             self.commit();
         }
@@ -406,10 +460,17 @@ impl Sink for StoreSink<'_> {
     }
 
     fn media(&mut self, call: CallRef, stream: u8, side: Side, ts_ns: i64, rtp: &[u8]) {
-        if let Some(r) = self.slot(call)
-            && let Err(e) = r.writer.rtp(stream, side, ts_ns, rtp)
-        {
-            self.note_err(e);
+        let Some(r) = self.slot(call) else { return };
+        match r.writer.rtp(stream, side, ts_ns, rtp) {
+            Ok(true) if !r.queued => {
+                r.queued = true;
+                self.ready.push((call.slot, call.uid));
+                if self.ready.len() >= self.batch_width {
+                    self.flush_ready();
+                }
+            }
+            Ok(_) => {}
+            Err(e) => self.note_err(e),
         }
     }
 
