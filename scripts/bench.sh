@@ -34,7 +34,7 @@ if want stages; then
   run $bin/callrec-bench stages --calls 1000 --duration 30 --reps 3 | tee "$out/stages.json"
 fi
 if want import; then
-  run $bin/callrec-bench import --calls 1000 --duration 30 --reps 3 | tee "$out/import.json"
+  run $bin/callrec-bench import --calls 1000 --duration 30 --reps 5 | tee "$out/import.json"
 fi
 if want index; then
   rows=10000000

@@ -88,6 +88,15 @@ pub fn run(calls: u32, duration: f64, ramp: f64, reps: usize, dir: &Path, only: 
 
 /// `callrec import --workers W` for each W against `tcpdump -r FILE -w /dev/null` on the same
 /// generated capture, run alternately `reps` times; medians and their ratios.
+/// CPU time (user + system) of this process's waited-for children so far, in seconds.
+fn children_cpu_s() -> f64 {
+    // SAFETY: getrusage only writes the struct passed in.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 pub fn import_vs_tcpdump(
     callrec: &Path,
     pcap: &Path,
@@ -99,8 +108,17 @@ pub fn import_vs_tcpdump(
     use std::process::Command;
     let mut t_tcpdump = Vec::new();
     let mut t_import: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];
+    let mut cpu_import: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];
     let mut last = Value::Null;
+    // Stores are deleted only at the end: ext4 will not reuse an inode deleted in the last ~30 s,
+    // and it finds that out by scanning, so creating files right after deleting a thousand costs
+    // each new file hundreds of microseconds (seen in perf as `recently_deleted`), an artefact of
+    // the bench, not of recording.
+    let mut stores = Vec::new();
     for _ in 0..reps.max(1) {
+        // Start each run with no dirty pages from the last one being written back.
+        // SAFETY: sync(2) takes no arguments and cannot fail.
+        unsafe { libc::sync() };
         let t = Instant::now();
         let o = Command::new("tcpdump").arg("-r").arg(pcap).args(["-w", "/dev/null"]).output()?;
         ensure!(o.status.success(), "tcpdump -r: {}", String::from_utf8_lossy(&o.stderr));
@@ -117,6 +135,9 @@ pub fn import_vs_tcpdump(
                 .arg(&pass)
                 .output()?;
             ensure!(o.status.success(), "callrec init: {}", String::from_utf8_lossy(&o.stderr));
+            // SAFETY: as above.
+            unsafe { libc::sync() };
+            let cpu = children_cpu_s();
             let t = Instant::now();
             let o = Command::new(callrec)
                 .arg("--store")
@@ -125,6 +146,8 @@ pub fn import_vs_tcpdump(
                 .arg(pcap)
                 .output()?;
             t_import[k].push(t.elapsed().as_secs_f64());
+            cpu_import[k].push(children_cpu_s() - cpu);
+            stores.push(tmp);
             ensure!(o.status.success(), "callrec import: {}", String::from_utf8_lossy(&o.stderr));
             last = serde_json::from_slice(&o.stdout)?;
             ensure!(last[0]["store_errors"].as_array().is_some_and(|a| a.is_empty()), "store errors: {last}");
@@ -133,13 +156,16 @@ pub fn import_vs_tcpdump(
     let td = median(&mut t_tcpdump.clone());
     let per_workers: Vec<Value> = workers
         .iter()
-        .zip(&t_import)
-        .map(|(w, t)| {
+        .zip(t_import.iter().zip(&cpu_import))
+        .map(|(w, (t, cpu))| {
             let im = median(&mut t.clone());
+            let cpu_ns = median(&mut cpu.clone()) * 1e9 / frames as f64;
             json!({"workers": w, "import_s": t, "import_mpps_median": frames as f64 / im / 1e6,
-                   "calls_per_s": last[0]["calls"].as_f64().unwrap_or(0.0) / im, "import_over_tcpdump": td / im})
+                   "calls_per_s": last[0]["calls"].as_f64().unwrap_or(0.0) / im, "import_over_tcpdump": td / im,
+                   "import_cpu_s": cpu, "cpu_ns_per_frame_median": cpu_ns})
         })
         .collect();
+    drop(stores);
     Ok(json!({
         "bench": "import_vs_tcpdump", "frames": frames, "reps": reps,
         "tcpdump_read_s": t_tcpdump, "tcpdump_mpps_median": frames as f64 / td / 1e6,
