@@ -51,7 +51,7 @@ fi
 if want live; then
   [ "$(id -u)" -eq 0 ] || { echo "bench: the live bench needs root: sudo cargo xtask bench live" >&2; exit 1; }
   for w in ${BENCH_WORKERS:-2}; do
-    run $bin/callrec-bench live --loads 500,1000,2000,2500,3000,3500,4000 --workers "$w" --out "$out/live-w$w.json" >/dev/null
+    run $bin/callrec-bench live --loads 1000,2000,3000,4000,5000,6000 --workers "$w" --out "$out/live-w$w.json" >/dev/null
   done
   first=$(echo "${BENCH_WORKERS:-2}" | awk '{print $1}')
   run $bin/callrec-bench plot "$out/live-w$first.json" "$out/loss.svg"
