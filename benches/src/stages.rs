@@ -160,8 +160,12 @@ pub fn import_vs_tcpdump(
         .map(|(w, (t, cpu))| {
             let im = median(&mut t.clone());
             let cpu_ns = median(&mut cpu.clone()) * 1e9 / frames as f64;
+            // Each import against the tcpdump run just before it: robust to the machine's pace
+            // drifting between repetitions.
+            let mut paired: Vec<f64> = t_tcpdump.iter().zip(t).map(|(td, im)| td / im).collect();
             json!({"workers": w, "import_s": t, "import_mpps_median": frames as f64 / im / 1e6,
                    "calls_per_s": last[0]["calls"].as_f64().unwrap_or(0.0) / im, "import_over_tcpdump": td / im,
+                   "paired_ratios": paired.clone(), "paired_ratio_median": median(&mut paired),
                    "import_cpu_s": cpu, "cpu_ns_per_frame_median": cpu_ns})
         })
         .collect();
