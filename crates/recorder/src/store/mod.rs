@@ -13,6 +13,7 @@ pub mod index;
 pub mod keys;
 pub mod md5x;
 pub mod query;
+pub mod syncer;
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,7 @@ use crate::model::{CallSummary, Side};
 use file::{FileError, RecordingWriter};
 use index::{Index, IndexError};
 use keys::{KeyError, PrivateStoreKey, PublicStoreKey, hex};
+use syncer::Syncer;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -184,6 +186,7 @@ impl Store {
             ready: Vec::with_capacity(md5x::MAX_JOBS),
             batch: Vec::with_capacity(md5x::MAX_JOBS),
             batch_width: md5x::lanes().width(),
+            syncer: None,
         })
     }
 
@@ -262,8 +265,21 @@ impl AsMut<RecordingWriter> for OpenRecording {
 
 /// An index write waiting for the next commit.
 enum IndexOp {
-    Started { uid: u64, file_id: String, call_id: String, start_ns: i64, rel: String },
-    Completed { uid: u64, summary: Box<CallSummary>, md5: String, bytes: u64 },
+    Started {
+        uid: u64,
+        file_id: String,
+        call_id: String,
+        start_ns: i64,
+        rel: String,
+    },
+    /// `epoch`: the [`Syncer`] epoch after which the recording is on disk.
+    Completed {
+        uid: u64,
+        summary: Box<CallSummary>,
+        md5: String,
+        bytes: u64,
+        epoch: u64,
+    },
 }
 
 /// Writes calls from the engine into the store. Errors (disk full, …) are collected, never panics.
@@ -272,10 +288,10 @@ enum IndexOp {
 /// capture time, or every 2,000 writes), so several sinks sharing one index (capture workers) hold
 /// SQLite's write lock only for the statements themselves.
 ///
-/// Durability: recordings finished since the last commit are made durable with one `syncfs` of
-/// the store's filesystem before the transaction that marks them complete (and outside it), so
-/// the index never says "complete" about a file that a power cut could still lose, at the cost of
-/// one flush per batch instead of one fsync per call.
+/// Durability: a [`Syncer`] thread syncs the store's filesystem in a loop, and a finished
+/// recording is marked complete only by a commit after a sync that started after its last write,
+/// so the index never says "complete" about a file that a power cut could still lose, and the
+/// recording thread never waits for the disk (except at the end of input, [`StoreSink::flush`]).
 pub struct StoreSink<'a> {
     store: &'a mut Store,
     key: PublicStoreKey,
@@ -297,6 +313,9 @@ pub struct StoreSink<'a> {
     /// Where a batch's recordings are held while it flushes (kept to reuse its allocation).
     batch: Vec<OpenRecording>,
     batch_width: usize,
+    /// Started when the first recording finishes; `None` before, or if it could not start (then
+    /// each commit syncs in this thread, as a fallback).
+    syncer: Option<Syncer>,
 }
 
 impl StoreSink<'_> {
@@ -346,28 +365,53 @@ impl StoreSink<'_> {
         self.batch = batch;
     }
 
-    /// Syncs finished recordings, then applies the queued index writes in one transaction.
-    fn commit(&mut self) {
+    /// Applies the queued index writes whose recordings are durable, in order, in one transaction;
+    /// the rest wait for a later commit. With `wait`, first waits until all of them are durable.
+    fn commit_durable(&mut self, wait: bool) {
         if self.ops.is_empty() {
             return;
         }
-        if self.ops.iter().any(|op| matches!(op, IndexOp::Completed { .. }))
-            && let Err(e) = sync_filesystem(self.store.root())
-        {
-            // Nothing is marked complete that is not on disk: the writes stay queued for the next
-            // commit to retry.
-            return self.note_err(e);
-        }
-        let ops = std::mem::take(&mut self.ops);
+        let last_epoch = self.ops.iter().rev().find_map(|op| match op {
+            IndexOp::Completed { epoch, .. } => Some(*epoch),
+            IndexOp::Started { .. } => None,
+        });
         let mut errs = Vec::new();
-        for op in ops {
+        let ready = match (&self.syncer, last_epoch) {
+            (_, None) => self.ops.len(),
+            (Some(s), Some(last)) => {
+                if wait && let Err(e) = s.wait(last) {
+                    // Nothing is marked complete that is not on disk: the writes stay queued.
+                    errs.push(e);
+                }
+                errs.extend(s.take_error());
+                self.ops
+                    .iter()
+                    .position(|op| matches!(op, IndexOp::Completed { epoch, .. } if !s.durable(*epoch)))
+                    .unwrap_or(self.ops.len())
+            }
+            (None, Some(_)) => match syncer::sync_filesystem(self.store.root()) {
+                Ok(()) => self.ops.len(),
+                Err(e) => {
+                    errs.push(e);
+                    0
+                }
+            },
+        };
+        for e in errs {
+            self.note_err(e);
+        }
+        if ready == 0 {
+            return;
+        }
+        let mut errs = Vec::new();
+        for op in self.ops.drain(..ready) {
             let r = match op {
                 IndexOp::Started { uid, file_id, call_id, start_ns, rel } => {
                     self.store.index.insert_started(&file_id, &call_id, start_ns, &rel).map(|row| {
                         self.rows.insert(uid, row);
                     })
                 }
-                IndexOp::Completed { uid, summary, md5, bytes } => match self.rows.remove(&uid) {
+                IndexOp::Completed { uid, summary, md5, bytes, .. } => match self.rows.remove(&uid) {
                     Some(row) => self.store.index.complete(row, &summary, &md5, bytes),
                     None => Ok(()), // its start failed to index, and was reported then
                 },
@@ -382,6 +426,24 @@ impl StoreSink<'_> {
         for e in errs {
             self.note_err(e);
         }
+    }
+
+    fn commit(&mut self) {
+        self.commit_durable(false)
+    }
+
+    /// The sync epoch a recording finished now needs (starting the sync thread on first use).
+    fn durable_epoch(&mut self) -> u64 {
+        if self.syncer.is_none() {
+            match Syncer::start(self.store.root()) {
+                Ok(s) => self.syncer = Some(s),
+                Err(e) => {
+                    self.note_err(e);
+                    return 0;
+                }
+            }
+        }
+        self.syncer.as_ref().map_or(0, Syncer::need)
     }
 
     /// Periodic work in capture time: flush chunks older than a second, commit the index batch.
@@ -403,10 +465,11 @@ impl StoreSink<'_> {
         self.commit();
     }
 
-    /// Syncs and commits the index batch. Call when the input ends.
+    /// Writes waiting chunks, waits until every finished recording is on disk and commits the
+    /// index. Call when the input ends.
     pub fn flush(&mut self) {
         self.flush_ready();
-        self.commit();
+        self.commit_durable(true);
     }
 }
 
@@ -484,11 +547,13 @@ impl Sink for StoreSink<'_> {
         }
         match r.writer.finish(&summary) {
             Ok(done) => {
+                let epoch = self.durable_epoch();
                 self.ops.push(IndexOp::Completed {
                     uid: r.uid,
                     summary: Box::new(summary),
                     md5: done.md5,
                     bytes: done.bytes,
+                    epoch,
                 });
                 self.recorded += 1;
             }
@@ -502,19 +567,8 @@ impl Sink for StoreSink<'_> {
 
 impl Drop for StoreSink<'_> {
     fn drop(&mut self) {
-        self.commit();
+        self.commit_durable(true);
     }
-}
-
-/// Flushes the filesystem holding `dir` (all its dirty data, one call).
-fn sync_filesystem(dir: &Path) -> Result<(), String> {
-    let f = std::fs::File::open(dir).map_err(|e| format!("cannot open {} to sync it: {e}", dir.display()))?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: syncfs on a descriptor we own for the duration of the call.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(format!("cannot sync the filesystem of {}: {}", dir.display(), std::io::Error::last_os_error()));
-    }
-    Ok(())
 }
 
 /// Recording files one sink keeps open by default: the open-file limit less a reserve for the

@@ -1,0 +1,154 @@
+//! Durability without stalling the recorder: a thread that syncs the store's filesystem over and
+//! over, and tells the sink which recordings are on disk.
+//!
+//! The index may call a recording complete only once its bytes would survive a power cut. Syncing
+//! in the recording thread (one `syncfs` before each index commit) stalled that thread for as long
+//! as the disk took to write a second of audio, during which its queue filled; and the kernel, left
+//! alone, writes dirty pages only after 30 s, so each sync found a whole batch to write. Here a
+//! thread syncs in a loop: dirty data goes out continuously, and a recording finished at sync epoch
+//! `e` is durable once a sync that *started* after it, epoch `e + 1`, has completed. The sink asks
+//! [`Syncer::need`] when a recording finishes and checks [`Syncer::durable`] at each commit; only
+//! [`Syncer::wait`] (end of input) blocks.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Pause between syncs when the last one found little to do.
+const IDLE: Duration = Duration::from_millis(50);
+
+struct Shared {
+    /// Epoch of the sync in progress or last started.
+    started: AtomicU64,
+    /// Epoch of the last sync that completed without error.
+    done: AtomicU64,
+    stop: AtomicBool,
+    /// The last failure, reported once by [`Syncer::take_error`].
+    error: Mutex<Option<String>>,
+}
+
+pub struct Syncer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Syncer {
+    /// Starts the thread syncing the filesystem that holds `dir`.
+    pub fn start(dir: &Path) -> Result<Syncer, String> {
+        let shared = Arc::new(Shared {
+            started: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            error: Mutex::new(None),
+        });
+        let owned: PathBuf = dir.to_path_buf();
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("callrec-sync".into())
+            .spawn(move || run(&owned, &s))
+            .map_err(|e| format!("cannot start the sync thread for {}: {e}", dir.display()))?;
+        Ok(Syncer { shared, thread: Some(thread) })
+    }
+
+    /// The epoch that makes a recording finished now durable once [`Syncer::durable`] reaches it.
+    pub fn need(&self) -> u64 {
+        self.shared.started.load(Ordering::Acquire) + 1
+    }
+
+    /// Whether everything finished before [`Syncer::need`] returned `epoch` is on disk.
+    pub fn durable(&self, epoch: u64) -> bool {
+        self.shared.done.load(Ordering::Acquire) >= epoch
+    }
+
+    /// Blocks until `epoch` is durable, or the syncer reports an error.
+    pub fn wait(&self, epoch: u64) -> Result<(), String> {
+        while !self.durable(epoch) {
+            if let Some(e) = self.take_error() {
+                return Err(e);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// A sync failure since the last call, if any.
+    pub fn take_error(&self) -> Option<String> {
+        self.shared.error.lock().ok().and_then(|mut e| e.take())
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(dir: &Path, s: &Shared) {
+    while !s.stop.load(Ordering::Acquire) {
+        let epoch = s.started.fetch_add(1, Ordering::AcqRel) + 1;
+        let t = std::time::Instant::now();
+        match sync_filesystem(dir) {
+            Ok(()) => s.done.store(epoch, Ordering::Release),
+            Err(e) => {
+                if let Ok(mut slot) = s.error.lock() {
+                    *slot = Some(e);
+                }
+                // Retry after a pause; nothing is called durable meanwhile.
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+        }
+        // A quick sync means little was dirty: pause instead of spinning on an idle disk.
+        if t.elapsed() < IDLE {
+            std::thread::sleep(IDLE);
+        }
+    }
+}
+
+/// Flushes the filesystem holding `dir` (all its dirty data, one call).
+pub fn sync_filesystem(dir: &Path) -> Result<(), String> {
+    let f = std::fs::File::open(dir).map_err(|e| format!("cannot open {} to sync it: {e}", dir.display()))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: syncfs on a descriptor we own for the duration of the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(format!("cannot sync the filesystem of {}: {}", dir.display(), std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `wait` returns once a sync that started after `need` has completed, and a recording
+    /// finished later needs a later sync.
+    #[test]
+    fn an_epoch_is_durable_only_after_a_later_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Syncer::start(dir.path()).unwrap();
+        let first = s.need();
+        std::fs::write(dir.path().join("f"), b"data").unwrap();
+        let e = s.need();
+        assert!(e >= first);
+        s.wait(e).unwrap();
+        assert!(s.durable(e));
+        assert!(s.need() > e, "a later recording needs a later sync");
+        assert!(s.take_error().is_none());
+    }
+
+    #[test]
+    fn a_missing_directory_is_reported_not_called_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("gone");
+        let s = Syncer::start(&gone).unwrap();
+        let e = s.need();
+        let err = s.wait(e).unwrap_err();
+        assert!(err.contains("gone"), "{err}");
+        assert!(!s.durable(e));
+    }
+}
