@@ -139,8 +139,12 @@ impl Index {
         conn.execute_batch(
             // 64 MiB of page cache: the Call-ID, file-id and number indexes take keys in random
             // order, and with SQLite's default 2 MiB each insert into a large index misses.
+            // Checkpoint the WAL every 20,000 pages (~80 MB) instead of 1,000: the same hot index
+            // pages are then copied back to the database once per checkpoint, not over and over
+            // (ingest at 1 M rows: 19,400-20,300 -> 25,200-25,500 calls/s, two pairs of runs;
+            // 50,000 pages gave no more).
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON;
-             PRAGMA cache_size=-65536;",
+             PRAGMA cache_size=-65536; PRAGMA wal_autocheckpoint=20000;",
         )
         .map_err(sql)?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql)?;
