@@ -298,7 +298,7 @@ pub struct StoreSink<'a> {
     open: Vec<Option<OpenRecording>>,
     pub errors: Vec<String>,
     pub recorded: u64,
-    /// Chunks flushed in batches (their MD5 advanced in SIMD lanes), out of all chunks.
+    /// Chunks flushed in batches (their MD5 advanced in SIMD lanes); the others flushed alone.
     pub batched_chunks: u64,
     last_tick: i64,
     ops: Vec<IndexOp>,
