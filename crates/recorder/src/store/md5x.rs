@@ -332,13 +332,15 @@ struct Work {
 /// Runs the whole blocks of `work` through SIMD lanes: each lane takes the next waiting stream
 /// when its current one runs out.
 fn run_lanes(lanes: Lanes, work: &mut [Work]) {
+    // The instruction set is checked here too (a cached flag), so a caller asking for lanes the
+    // CPU lacks gets the scalar path, never an illegal instruction.
     #[cfg(target_arch = "x86_64")]
     match lanes {
-        // SAFETY: these paths are chosen only after runtime detection of the instruction set; each
-        // `next` points into a live slice with `left * 64` readable bytes.
-        Lanes::Avx512 => return unsafe { x86::run512(work) },
-        Lanes::Avx2 => return unsafe { x86::run256(work) },
-        Lanes::Scalar => {}
+        // SAFETY: the instruction set was just detected; each `next` points into a live slice
+        // with `left * 64` readable bytes.
+        Lanes::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => return unsafe { x86::run512(work) },
+        Lanes::Avx2 if std::arch::is_x86_feature_detected!("avx2") => return unsafe { x86::run256(work) },
+        _ => {}
     }
     let _ = lanes;
     for w in work {
