@@ -2,9 +2,11 @@
 //! answered on an index of millions of calls (MiFID II keeps five years).
 //!
 //! Rows go in through the same [`Index`] calls the recorder makes (`insert_started` when a call
-//! starts, `complete` when it ends, committed in batches of 2,000), with summaries shaped like the
-//! generator's calls: two parties, two G.711 streams, payload-type maps, a DTMF digit on every
-//! tenth call. Calls are spread evenly over five years. Searches are the ones `callrec search`
+//! starts, `complete` when it ends, committed in the recorder's batches), in the recorder's order: with
+//! `concurrent` calls in progress, call `i` is completed in the batch that starts call
+//! `i + concurrent`, so the completing UPDATE finds a row written several batches earlier. File ids
+//! are random-looking, as the recorder's are. Summaries are shaped like the generator's calls: two
+//! parties, two G.711 streams, payload-type maps, a DTMF digit on every tenth call. Calls are spread evenly over five years. Searches are the ones `callrec search`
 //! runs ([`Filter::ids`]): a caller number, a Call-ID, a one-hour date range, and free text.
 
 use std::net::SocketAddr;
@@ -96,7 +98,7 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() { 0.0 } else { v[((v.len() - 1) as f64 * p).round() as usize] }
 }
 
-pub fn run(rows: u64, db: &Path, queries: usize, reuse: bool) -> Result<Value> {
+pub fn run(rows: u64, concurrent: u64, batch: usize, db: &Path, queries: usize, reuse: bool) -> Result<Value> {
     std::fs::create_dir_all(db).with_context(|| format!("cannot create {}", db.display()))?;
     let path = db.join("index.sqlite");
     let mut ingest = Value::Null;
@@ -109,28 +111,38 @@ pub fn run(rows: u64, db: &Path, queries: usize, reuse: bool) -> Result<Value> {
         let mut checkpoints = Vec::new();
         let mut last = (Instant::now(), 0u64);
         let step = (rows / 10).max(1);
-        for i in 0..rows {
-            let start = start_of(i, rows);
-            let id = index.insert_started(
-                &format!("{i:032x}"),
-                &call_id(i as u32),
-                start,
-                &format!("recordings/x/{i:032x}.crec"),
-            )?;
-            index.complete(id, &summary(i, start), "0123456789abcdef0123456789abcdef", 600_000)?;
-            if index.pending_writes() >= 2000 {
-                index.commit()?;
+        let mut in_progress = std::collections::VecDeque::with_capacity(concurrent as usize + 1);
+        for i in 0..rows + concurrent {
+            if i < rows {
+                let start = start_of(i, rows);
+                // The recorder's file ids are 16 random bytes; a multiplicative hash spreads these alike.
+                let file_id = (i as u128 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+                let id = index.insert_started(
+                    &format!("{file_id:032x}"),
+                    &call_id(i as u32),
+                    start,
+                    &format!("recordings/x/{file_id:032x}.crec"),
+                )?;
+                in_progress.push_back((i, id, start));
             }
-            if (i + 1) % step == 0 {
-                let now = Instant::now();
-                checkpoints
-                    .push(json!({"rows": i + 1, "rows_per_s": (i + 1 - last.1) as f64 / (now - last.0).as_secs_f64()}));
-                last = (now, i + 1);
+            if i >= concurrent || i >= rows {
+                let Some((done, id, start)) = in_progress.pop_front() else { break };
+                index.complete(id, &summary(done, start), "0123456789abcdef0123456789abcdef", 600_000)?;
+                if (done + 1) % step == 0 {
+                    let now = Instant::now();
+                    checkpoints.push(
+                        json!({"rows": done + 1, "rows_per_s": (done + 1 - last.1) as f64 / (now - last.0).as_secs_f64()}),
+                    );
+                    last = (now, done + 1);
+                }
+            }
+            if index.pending_writes() >= batch {
+                index.commit()?;
             }
         }
         index.commit()?;
         let secs = t.elapsed().as_secs_f64();
-        ingest = json!({"rows": rows, "seconds": secs, "rows_per_s": rows as f64 / secs, "by_tenth": checkpoints});
+        ingest = json!({"rows": rows, "concurrent": concurrent, "batch": batch, "seconds": secs, "rows_per_s": rows as f64 / secs, "by_tenth": checkpoints});
     }
     let index = Index::open(&path)?;
     let size_mb = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;

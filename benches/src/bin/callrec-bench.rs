@@ -62,6 +62,13 @@ enum Cmd {
     Index {
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
+        /// Calls in progress while rows go in: each call's completion is written this many call
+        /// starts after its start, as a recorder with that many concurrent calls does.
+        #[arg(long, default_value_t = 5_000)]
+        concurrent: u64,
+        /// Index writes (call starts and completions) per transaction; by default the recorder's.
+        #[arg(long, default_value_t = recorder::store::INDEX_BATCH)]
+        batch: usize,
         /// Directory for the index (kept, so later runs can reuse it with --reuse).
         #[arg(long)]
         db: PathBuf,
@@ -153,7 +160,9 @@ fn run(cli: Cli) -> Result<()> {
             std::io::Write::flush(&mut pw.into_inner())?;
             stages::import_vs_tcpdump(&bin.join("callrec"), &pcap, w.total_frames(), reps, &workers, &dir)?
         }
-        Cmd::Index { rows, db, queries, reuse } => indexbench::run(rows, &db, queries, reuse)?,
+        Cmd::Index { rows, concurrent, batch, db, queries, reuse } => {
+            indexbench::run(rows, concurrent, batch, &db, queries, reuse)?
+        }
         Cmd::Memory { calls, duration, ramp, dir } => measure::memory_bench(calls, duration, ramp, &dir)?,
         Cmd::Flood { invites, stray_rtp, max_calls } => measure::flood_bench(invites, stray_rtp, max_calls)?,
         Cmd::Live { loads, modes, duration, ramp, workers, noise, work, out } => {

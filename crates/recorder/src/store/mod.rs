@@ -263,6 +263,14 @@ impl AsMut<RecordingWriter> for OpenRecording {
     }
 }
 
+/// Index writes a sink queues before it commits them, whatever the capture time. Live capture
+/// commits every second long before this; it bounds a dense import's transactions. 20,000 writes
+/// (10,000 calls) per transaction index 57,000-58,000 calls/s into a 1 M-call index where 2,000
+/// gave 43,000-46,000 (`callrec-bench index --batch`, two runs each): random keys (Call-ID,
+/// numbers) dirty about one index page each per transaction, so fewer, larger transactions write
+/// each hot page less often. A commit of 20,000 writes holds the index's write lock ~0.35 s.
+pub const INDEX_BATCH: usize = 20_000;
+
 /// An index write waiting for the next commit.
 enum IndexOp {
     Started {
@@ -285,7 +293,7 @@ enum IndexOp {
 /// Writes calls from the engine into the store. Errors (disk full, …) are collected, never panics.
 ///
 /// Index writes are queued and applied in one short transaction per commit (every second of
-/// capture time, or every 2,000 writes), so several sinks sharing one index (capture workers) hold
+/// capture time, or every [`INDEX_BATCH`] writes), so several sinks sharing one index (capture workers) hold
 /// SQLite's write lock only for the statements themselves.
 ///
 /// Durability: a [`Syncer`] thread syncs the store's filesystem in a loop, and a finished
@@ -509,7 +517,7 @@ impl Sink for StoreSink<'_> {
             self.open.resize_with(slot + 1, || None);
         }
         self.open[slot] = Some(OpenRecording { uid: call.uid, slot: call.slot, writer, rel, keep_open, queued: false });
-        if self.ops.len() >= 2000 {
+        if self.ops.len() >= INDEX_BATCH {
             self.commit();
         }
     }
@@ -559,7 +567,7 @@ impl Sink for StoreSink<'_> {
             }
             Err(e) => self.note_err(format!("{}: {e}", r.rel)),
         }
-        if self.ops.len() >= 2000 {
+        if self.ops.len() >= INDEX_BATCH {
             self.commit();
         }
     }

@@ -31,12 +31,12 @@ enum Kind {
 const FIELDS: &[(&str, &str, Kind)] = &[
     ("id", "c.id", Kind::Int),
     ("call-id", "c.call_id", Kind::Text { nocase: false }),
-    ("from", "a.number", Kind::Text { nocase: false }),
-    ("to", "b.number", Kind::Text { nocase: false }),
-    ("from-name", "a.name", Kind::Text { nocase: true }),
-    ("to-name", "b.name", Kind::Text { nocase: true }),
-    ("from-uri", "a.uri", Kind::Text { nocase: true }),
-    ("to-uri", "b.uri", Kind::Text { nocase: true }),
+    ("from", "c.from_number", Kind::Text { nocase: false }),
+    ("to", "c.to_number", Kind::Text { nocase: false }),
+    ("from-name", "c.from_name", Kind::Text { nocase: true }),
+    ("to-name", "c.to_name", Kind::Text { nocase: true }),
+    ("from-uri", "c.from_uri", Kind::Text { nocase: true }),
+    ("to-uri", "c.to_uri", Kind::Text { nocase: true }),
     ("start", "c.start_ns", Kind::Time),
     ("answer", "c.answer_ns", Kind::Time),
     ("end", "c.end_ns", Kind::Time),
@@ -214,6 +214,11 @@ impl Filter {
                         let v = self.param(Value::Text(vals[0].clone()));
                         format!("{neg}(',' || {col} || ',' LIKE '%,' || {v} || ',%')")
                     }
+                    Kind::Text { .. } if op == "!=" => {
+                        // An empty party field is NULL in the index; it still differs from the value.
+                        let v = self.param(value(&vals[0])?);
+                        format!("NOT (coalesce({col}, '') = {v}{coll})")
+                    }
                     _ => {
                         let v = self.param(value(&vals[0])?);
                         format!("{neg}({col} = {v}{coll})")
@@ -312,8 +317,8 @@ impl Filter {
     pub fn add_text(&mut self, text: &str) {
         let t = self.param(Value::Text(text.to_lowercase()));
         self.conds.push(format!(
-            "(instr(ulower(a.number), {t}) > 0 OR instr(ulower(b.number), {t}) > 0 OR instr(ulower(a.name), {t}) > 0 \
-             OR instr(ulower(b.name), {t}) > 0)"
+            "(instr(ulower(c.from_number), {t}) > 0 OR instr(ulower(c.to_number), {t}) > 0 \
+             OR instr(ulower(c.from_name), {t}) > 0 OR instr(ulower(c.to_name), {t}) > 0)"
         ));
     }
 
@@ -334,8 +339,7 @@ impl Filter {
     /// Matching call ids, newest first.
     pub fn ids(&self, index: &Index, limit: Option<i64>) -> Result<Vec<i64>, QueryError> {
         let sql = format!(
-            "SELECT c.id FROM calls c LEFT JOIN parties a ON a.call = c.id AND a.role = 'caller' \
-             LEFT JOIN parties b ON b.call = c.id AND b.role = 'callee' WHERE {} ORDER BY c.start_ns DESC, c.id DESC LIMIT {}",
+            "SELECT c.id FROM calls c WHERE {} ORDER BY c.start_ns DESC, c.id DESC LIMIT {}",
             self.sql(),
             limit.unwrap_or(-1)
         );
@@ -414,10 +418,10 @@ pub fn load_call(index: &Index, id: i64) -> Result<Option<CallView>, IndexError>
     let e = |x| index.err(x);
     let mut st = c
         .prepare_cached(
-            "SELECT c.id, c.call_id, a.number, a.name, a.uri, b.number, b.name, b.uri, c.start_ns, c.answer_ns, c.end_ns,
-                    c.duration_ms, c.end_reason, c.sip_code, c.codecs, c.dtmf, c.md5, c.status, c.bytes, c.file
-             FROM calls c LEFT JOIN parties a ON a.call = c.id AND a.role = 'caller'
-             LEFT JOIN parties b ON b.call = c.id AND b.role = 'callee' WHERE c.id = ?1",
+            "SELECT c.id, c.call_id, c.from_number, c.from_name, c.from_uri, c.to_number, c.to_name, c.to_uri, c.start_ns,
+                    c.answer_ns, c.end_ns, c.duration_ms, c.end_reason, c.sip_code, c.codecs, c.dtmf, c.md5, c.status,
+                    c.bytes, c.file
+             FROM calls c WHERE c.id = ?1",
         )
         .map_err(e)?;
     let mut rows = st.query([id]).map_err(e)?;
