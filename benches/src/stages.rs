@@ -20,7 +20,15 @@ pub fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
-pub fn run(calls: u32, duration: f64, ramp: f64, reps: usize, dir: &Path, only: Option<&str>) -> Result<Value> {
+pub fn run(
+    calls: u32,
+    duration: f64,
+    ramp: f64,
+    reps: usize,
+    dir: &Path,
+    only: Option<&str>,
+    keep: bool,
+) -> Result<Value> {
     raise_fd_limit();
     let w = Workload::calls(calls, duration, ramp);
     let mut frames = Frames::default();
@@ -36,6 +44,9 @@ pub fn run(calls: u32, duration: f64, ramp: f64, reps: usize, dir: &Path, only: 
         }
         let mut secs = Vec::new();
         let mut delivered = (0, 0);
+        // Stores are deleted only at the end, as in the import bench below (ext4's
+        // `recently_deleted` scan would otherwise make each rep create its files slower).
+        let mut stores = Vec::new();
         for _ in 0..reps.max(1) {
             let tmp = tempfile::tempdir_in(dir)?;
             let mut store = (stage == Stage::Store).then(|| bench_store(tmp.path())).transpose()?;
@@ -54,6 +65,13 @@ pub fn run(calls: u32, duration: f64, ramp: f64, reps: usize, dir: &Path, only: 
             if stage >= Stage::Dispatch {
                 // Every generated frame belongs to a call, so steering must place every one.
                 ensure!(p.routed == frames.len() as u64, "dispatch placed {} of {} frames", p.routed, frames.len());
+            }
+            drop(p);
+            drop(store);
+            if keep {
+                let _ = tmp.keep();
+            } else {
+                stores.push(tmp);
             }
         }
         let s = median(&mut secs);

@@ -43,6 +43,10 @@ enum Cmd {
         /// Run only this stage (read, decode, dispatch, assembly, store), e.g. under a profiler.
         #[arg(long)]
         only: Option<String>,
+        /// Leave the stores on disk (under --dir), for A/B runs back to back: deleting a store makes
+        /// the next files created on ext4 without a journal slower for minutes (`recently_deleted`).
+        #[arg(long)]
+        keep: bool,
     },
     /// `callrec import` against `tcpdump -r` on the same generated capture (alternating, medians).
     Import {
@@ -140,8 +144,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     let out = match cli.cmd {
-        Cmd::Stages { calls, duration, ramp, reps, dir, only } => {
-            stages::run(calls, duration, ramp, reps, &dir, only.as_deref())?
+        Cmd::Stages { calls, duration, ramp, reps, dir, only, keep } => {
+            stages::run(calls, duration, ramp, reps, &dir, only.as_deref(), keep)?
         }
         Cmd::Import { calls, duration, reps, workers, dir } => {
             let bin = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();

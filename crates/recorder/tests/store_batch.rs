@@ -109,3 +109,45 @@ fn batched_chunk_flushes_keep_every_recording_whole_and_its_watermark_right() {
         assert!(rtp == want, "{call_id}: packets differ");
     }
 }
+
+/// Chunk writes end on block boundaries (the rest waits for the next write), yet everything
+/// recorded reaches the file within a second of capture time, as before.
+#[test]
+fn chunk_writes_end_on_blocks_and_nothing_waits_longer_than_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let mut store = Store::init(&root, b"pass").unwrap();
+    let mut sink = store.recorder().unwrap();
+    sink.call_started(call(0), "call-0", 0);
+    sink.flush();
+    // A second handle on the store reads the index and the key while the sink records.
+    let other = Store::open(&root).unwrap();
+    let ids = other.index.all_ids().unwrap();
+    let (rel, _, _) = other.index.file_of(ids[0]).unwrap().unwrap();
+    let path = other.abs(&rel);
+    let key = other.private_key(b"pass").unwrap();
+    let len = || std::fs::metadata(&path).unwrap().len();
+    let mut lengths = std::collections::BTreeSet::new();
+    let n = 300;
+    for i in 0..n {
+        let side = if i % 2 == 0 { Side::Caller } else { Side::Callee };
+        sink.media(call(0), (i % 2) as u8, side, i as i64 * 1_000_000, &packet(0, i));
+        lengths.insert(len());
+    }
+    assert!(lengths.len() > 4, "only {lengths:?}: the chunks were not written as they filled");
+    for l in &lengths {
+        assert!(*l == 256 || l % 4096 == 0, "a write ended mid-block: file length {l} (all: {lengths:?})");
+    }
+    // Nothing more for a second: the last partial chunk and the held tail are written.
+    sink.tick(1_300_000_000);
+    let contents = read_recording(&path, &key).unwrap();
+    assert!(!contents.complete);
+    let rtp = contents.records.iter().filter(|r| matches!(r, Record::Rtp { .. })).count();
+    assert_eq!(rtp, n, "packets on disk a second after the last one");
+    sink.call_ended(call(0), summary("call-0", 1_300_000_000));
+    sink.flush();
+    assert!(sink.errors.is_empty(), "store errors: {:?}", sink.errors);
+    drop(sink);
+    assert!(matches!(store.verify(ids[0], Some(&key)).unwrap(), Verdict::Ok { authenticated: true, .. }));
+    assert!(read_recording(&path, &key).unwrap().complete);
+}
