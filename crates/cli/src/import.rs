@@ -1,7 +1,7 @@
 //! `callrec import`: capture files through the same decoder, engine and store as live capture.
 
 use std::collections::BTreeMap;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -94,7 +94,8 @@ fn read_packets(path: &Path, mut on_frame: impl FnMut(Option<&Packet<'_>>, i64, 
     let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("cannot open: {e}"))?;
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let pb = crate::progress_bar(len, &path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-    let mut reader = CaptureReader::new(BufReader::with_capacity(1 << 20, Counting { inner: f, pb: pb.clone() }))?;
+    // No BufReader: the capture reader reads large pieces into its own buffer.
+    let mut reader = CaptureReader::new(Counting { inner: f, pb: pb.clone() })?;
     let mut decoder = Decoder::default();
     let mut input =
         Input { frames: 0, skipped: BTreeMap::new(), malformed: BTreeMap::new(), read_error: None, time_went_back: 0 };
