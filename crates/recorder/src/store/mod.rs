@@ -187,6 +187,7 @@ impl Store {
             batch: Vec::with_capacity(md5x::MAX_JOBS),
             batch_width: md5x::lanes().width(),
             syncer: None,
+            syncer_failed: false,
         })
     }
 
@@ -324,6 +325,8 @@ pub struct StoreSink<'a> {
     /// Started when the first recording finishes; `None` before, or if it could not start (then
     /// each commit syncs in this thread, as a fallback).
     syncer: Option<Syncer>,
+    /// The sync thread could not be started (reported once); commits then sync in this thread.
+    syncer_failed: bool,
 }
 
 impl StoreSink<'_> {
@@ -442,10 +445,12 @@ impl StoreSink<'_> {
 
     /// The sync epoch a recording finished now needs (starting the sync thread on first use).
     fn durable_epoch(&mut self) -> u64 {
-        if self.syncer.is_none() {
+        if self.syncer.is_none() && !self.syncer_failed {
             match Syncer::start(self.store.root()) {
                 Ok(s) => self.syncer = Some(s),
                 Err(e) => {
+                    // Not retried for every call: without the thread, each commit syncs first.
+                    self.syncer_failed = true;
                     self.note_err(e);
                     return 0;
                 }
