@@ -272,6 +272,12 @@ impl Index {
         Ok(())
     }
 
+    /// Pages of WAL after which a commit on this connection checkpoints (0: never; someone else
+    /// does, see [`crate::store::syncer`]).
+    pub fn set_autocheckpoint(&self, pages: u32) -> Result<(), IndexError> {
+        self.conn.execute_batch(&format!("PRAGMA wal_autocheckpoint={pages};")).map_err(|e| self.err(e))
+    }
+
     pub fn pending_writes(&self) -> usize {
         self.in_tx
     }

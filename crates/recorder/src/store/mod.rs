@@ -446,8 +446,16 @@ impl StoreSink<'_> {
     /// The sync epoch a recording finished now needs (starting the sync thread on first use).
     fn durable_epoch(&mut self) -> u64 {
         if self.syncer.is_none() && !self.syncer_failed {
-            match Syncer::start(self.store.root()) {
-                Ok(s) => self.syncer = Some(s),
+            let index = std::path::PathBuf::from(self.store.index.path());
+            match Syncer::start_with_index(self.store.root(), &index) {
+                Ok(s) => {
+                    // The sync thread checkpoints the WAL from now on; this connection's commits
+                    // stay short (see `syncer`).
+                    if let Err(e) = self.store.index.set_autocheckpoint(0) {
+                        self.note_err(e);
+                    }
+                    self.syncer = Some(s);
+                }
                 Err(e) => {
                     // Not retried for every call: without the thread, each commit syncs first.
                     self.syncer_failed = true;
