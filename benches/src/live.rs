@@ -264,6 +264,16 @@ fn one_run(rig: &Rig, o: &LiveOpts, mode: &str, calls: u32, flat_out: bool) -> R
         out["queue_drops"] = json!(sum("queue_drops"));
         out["unmatched"] = json!(sum("unmatched"));
         out["xdp"] = st["xdp"]["mirror0"].clone();
+        // Per worker, the longest time away from its queue (a batch, a store tick), in ms.
+        out["workers"] = json!(
+            st["workers"]
+                .as_array()
+                .map(|ws| ws
+                    .iter()
+                    .map(|w| json!({"max_batch_ms": w["max_batch_ms"], "max_tick_ms": w["max_tick_ms"]}))
+                    .collect::<Vec<_>>())
+                .unwrap_or_default()
+        );
         out["bytes_written"] = json!(dir_bytes(&store.join("recordings")));
     }
     let _ = std::fs::remove_dir_all(&run_dir);

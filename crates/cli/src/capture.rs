@@ -169,6 +169,11 @@ struct WorkerStats {
     store_errors: AtomicU64,
     /// How far behind the wire the worker is (ns between a frame's capture and its processing).
     lag_ns: AtomicU64,
+    /// The longest the worker spent on one batch of frames, and on one periodic store tick
+    /// (chunk flushes, index commit), in µs: a worker away from its queue this long makes the
+    /// reader drop what does not fit in the queue.
+    max_batch_us: AtomicU64,
+    max_tick_us: AtomicU64,
 }
 
 struct WorkerLink {
@@ -545,11 +550,13 @@ fn worker(dir: &Path, workers: usize, rx: Receiver<Batch>, pool: Sender<Batch>, 
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(mut batch) => {
+                let t = std::time::Instant::now();
                 for (it, frame) in batch.frames() {
                     if let Ok(Decoded::Packet(p)) = decoder.decode(it.ts, it.linktype, frame) {
                         engine.handle(&p, it.ts, &mut sink);
                     }
                 }
+                stats.max_batch_us.fetch_max(t.elapsed().as_micros() as u64, Ordering::Relaxed);
                 stats.packets.fetch_add(batch.items.len() as u64, Ordering::Relaxed);
                 if let Some(last) = batch.items.last() {
                     stats.lag_ns.store(now_ns().saturating_sub(last.ts).max(0) as u64, Ordering::Relaxed);
@@ -561,8 +568,10 @@ fn worker(dir: &Path, workers: usize, rx: Receiver<Batch>, pool: Sender<Batch>, 
             Err(crossbeam::channel::RecvTimeoutError::Disconnected) => break,
         }
         let now = now_ns();
+        let t = std::time::Instant::now();
         engine.poll(now, &mut sink);
         sink.tick(now);
+        stats.max_tick_us.fetch_max(t.elapsed().as_micros() as u64, Ordering::Relaxed);
         publish(&engine, &sink);
     }
     engine.finish(&mut sink);
@@ -613,6 +622,7 @@ impl StatusView<'_> {
                     "worker": i, "packets": ld(&s.packets), "active_calls": ld(&s.active_calls),
                     "calls": ld(&s.calls_started), "recorded": ld(&s.recorded),
                     "store_errors": ld(&s.store_errors), "lag_ms": ld(&s.lag_ns) as f64 / 1e6,
+                    "max_batch_ms": ld(&s.max_batch_us) as f64 / 1e3, "max_tick_ms": ld(&s.max_tick_us) as f64 / 1e3,
                 })
             })
             .collect();
