@@ -346,9 +346,7 @@ impl RecordingWriter {
 
     /// Writes the held tail alone (it has waited a flush interval).
     fn write_tail(&mut self) -> Result<(), FileError> {
-        let r = self.write_front(self.tail_len);
-        self.tail_len = 0;
-        r
+        self.write_front(self.tail_len)
     }
 
     /// Writes the first `n` bytes of `pending` and removes them. Written or not, they are done

@@ -11,11 +11,12 @@
 //! [`Syncer::wait`] (end of input) blocks.
 //!
 //! The same thread checkpoints the index's write-ahead log ([`Syncer::start_with_index`]): a
-//! checkpoint copies the WAL into the database and syncs it, which took a capture worker that
-//! committed past SQLite's autocheckpoint threshold away from its queue for long enough to
-//! overflow it (live bench, 4,000 calls, two workers: one worker's queue dropped 34,755 packets).
-//! The recorder's connections therefore never checkpoint; this thread does, every
-//! [`CHECKPOINT_EVERY`], in PASSIVE mode (it waits for no reader or writer).
+//! checkpoint copies the WAL into the database and syncs it, and with SQLite's autocheckpoint it
+//! runs inside whichever commit crosses the threshold, i.e. in a capture worker, away from its
+//! queue. The recorder's connections therefore never checkpoint; this thread does, every
+//! [`CHECKPOINT_EVERY`], in PASSIVE mode (it waits for no reader or writer). (Whether that stall
+//! caused the live bench's losses was not shown: the workers' longest store tick there was under
+//! 90 ms, see docs/BENCHMARKS.md.)
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
