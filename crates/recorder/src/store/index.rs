@@ -6,7 +6,9 @@
 //! periods are compact JSON arrays in the row (`streams_json`, `dtmf_json`, `holds_json`). Nothing
 //! searches inside them, and one row per call is a third of the B-tree writes of the child tables
 //! it replaced. Views named like those tables (`parties`, `streams`, `dtmf`, `holds`) give scripts
-//! and `show` the same rows and columns as before.
+//! and `show` the same rows and columns as before. Since version 4 the Call-ID, number and name
+//! indexes lead with a time bucket of the call's start ([`BUCKET_SHIFT`]), so that ingest does not
+//! slow down as the index grows; searches on them list the buckets ([`BUCKETS_CTE`]).
 //!
 //! WAL mode, `synchronous=NORMAL` and batched transactions make ingest fast; `secure_delete` and a
 //! WAL checkpoint after erasure make sure deleted parties do not linger in free pages. Schema
@@ -198,7 +200,46 @@ const MIGRATIONS: &[&str] = &[
       SELECT c.id, j.value->>0, j.value->>1, j.value->>2
         FROM calls c, json_each(c.holds_json) j;
     "#,
+    // 4: the Call-ID, number and name indexes lead with the call's start time bucket
+    // (`start_ns >> 51`, see [`BUCKET_SHIFT`]), so that new rows go into the small subtree of the
+    // current bucket instead of anywhere in an index of millions of random keys.
+    r#"
+    DROP INDEX calls_call_id;
+    DROP INDEX calls_from;
+    DROP INDEX calls_to;
+    DROP INDEX calls_from_name;
+    DROP INDEX calls_to_name;
+    CREATE INDEX calls_call_id ON calls(start_ns >> 51, call_id);
+    CREATE INDEX calls_from ON calls(start_ns >> 51, from_number) WHERE from_number IS NOT NULL;
+    CREATE INDEX calls_to ON calls(start_ns >> 51, to_number) WHERE to_number IS NOT NULL;
+    CREATE INDEX calls_from_name ON calls(start_ns >> 51, from_name COLLATE NOCASE) WHERE from_name IS NOT NULL;
+    CREATE INDEX calls_to_name ON calls(start_ns >> 51, to_name COLLATE NOCASE) WHERE to_name IS NOT NULL;
+    "#,
 ];
+
+/// Width of the time buckets that lead the Call-ID, number and name indexes (migration 4): a
+/// bucket is `start_ns >> 51`, 2^51 ns = 26 days.
+///
+/// Why: those keys arrive in random order. In one B-tree over all calls, every new row dirties a
+/// random leaf page of each of those indexes, and once the indexes outgrow the page cache (a few
+/// million calls) every commit rewrites thousands of scattered pages through the WAL and its
+/// checkpoint (index bench, 10 M calls over five years: 24,115 calls/s). With the bucket in front,
+/// new rows go into the current bucket's subtree, which stays small and cached however large the
+/// index grows (70,677 calls/s). A search by Call-ID, number or name then seeks once per bucket
+/// that has calls (about 70 over five years, found by [`BUCKETS_CTE`]): p99 4.5 ms instead of
+/// 0.08 ms for a Call-ID at 10 M calls. 2^49 ns (6.5 days) ingested as fast but made that 16 ms.
+pub const BUCKET_SHIFT: u32 = 51;
+
+/// A CTE `buckets(b)` listing the buckets (see [`BUCKET_SHIFT`]) that hold calls, one seek per
+/// bucket in the start-time index (a loose index scan), for searches on the bucketed indexes:
+/// `WITH RECURSIVE {BUCKETS_CTE} SELECT … WHERE {IN_BUCKETS} AND c.call_id = ?`. It stops at the
+/// last bucket, so `(b + 1) << 51` never overflows; on an empty index it yields one NULL.
+pub const BUCKETS_CTE: &str = "buckets(b) AS (SELECT (SELECT min(start_ns) FROM calls) >> 51 \
+     UNION ALL SELECT (SELECT min(start_ns) FROM calls WHERE start_ns >= ((b + 1) << 51)) >> 51 \
+     FROM buckets WHERE b < ((SELECT max(start_ns) FROM calls) >> 51))";
+
+/// The condition that lets SQLite seek a bucketed index once per bucket (with [`BUCKETS_CTE`]).
+pub const IN_BUCKETS: &str = "(c.start_ns >> 51) IN (SELECT b FROM buckets)";
 
 /// One audit entry.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -581,14 +622,56 @@ mod tests {
         ] {
             let plan: Vec<String> = index
                 .conn
-                .prepare(&format!("EXPLAIN QUERY PLAN SELECT id FROM calls c WHERE {cond}"))
+                .prepare(&format!(
+                    "EXPLAIN QUERY PLAN WITH RECURSIVE {BUCKETS_CTE} SELECT id FROM calls c WHERE {IN_BUCKETS} AND {cond}"
+                ))
                 .unwrap()
                 .query_map(["x"], |r| r.get::<_, String>(3))
                 .unwrap()
                 .collect::<Result<_, _>>()
                 .unwrap();
-            assert!(plan.iter().any(|p| p.contains(idx)), "{cond}: {plan:?}");
+            // One seek per bucket: the bucket and the column both constrain the index.
+            assert!(plan.iter().any(|p| p.contains(&format!("INDEX {idx} (<expr>=? AND "))), "{cond}: {plan:?}");
         }
+    }
+
+    /// Searches on the bucketed indexes find calls in every bucket that has them, from before 1970
+    /// to the last representable bucket, and the bucket list ends (no overflow past the last one).
+    #[test]
+    fn bucketed_searches_find_calls_in_every_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = Index::open(&dir.path().join("index.sqlite")).unwrap();
+        // An empty index: the bucket list is one NULL and nothing matches.
+        assert!(search(&index, &["call-id = nobody"]).is_empty());
+        let bucket = 1i64 << BUCKET_SHIFT;
+        let starts = [-3 * bucket - 5, -1, 0, T, T + bucket, T + 40 * bucket + 17, i64::MAX - 1];
+        let mut ids = Vec::new();
+        for (k, &start) in starts.iter().enumerate() {
+            let id = index.insert_started(&format!("{k:02x}"), &format!("c{k}@h"), start, "r/x.crec").unwrap();
+            let mut s = summary();
+            s.call_id = format!("c{k}@h");
+            s.start_ns = start;
+            s.caller.number = format!("+44{k}");
+            s.caller.name = format!("Name {k}");
+            index.complete(id, &s, "0123456789abcdef0123456789abcdef", 1).unwrap();
+            ids.push(id);
+        }
+        index.commit().unwrap();
+        for (k, id) in ids.iter().enumerate() {
+            assert_eq!(search(&index, &[&format!("call-id = c{k}@h")]), vec![*id], "call {k}");
+            assert_eq!(search(&index, &[&format!("from = +44{k}")]), vec![*id], "call {k}");
+            assert_eq!(search(&index, &[&format!(r#"from-name = "NAME {k}""#)]), vec![*id], "call {k}");
+        }
+        // Every callee is 555, newest first; a prefix search spans every bucket too.
+        let mut newest_first = ids.clone();
+        newest_first.reverse();
+        assert_eq!(search(&index, &["to = 555"]), newest_first);
+        assert_eq!(search(&index, &["from starts-with +44"]), newest_first);
+        let buckets: i64 = index
+            .conn
+            .query_row(&format!("WITH RECURSIVE {BUCKETS_CTE} SELECT count(*) FROM buckets"), [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(buckets, 7, "one row per bucket holding calls");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use rusqlite::{Connection, params_from_iter};
 use serde::Serialize;
 use thiserror::Error;
 
-use super::index::{Index, IndexError};
+use super::index::{BUCKETS_CTE, IN_BUCKETS, Index, IndexError};
 use crate::timefmt::{now_ns, parse_instant, parse_span, rfc3339_ms};
 
 #[derive(Debug, Error)]
@@ -141,7 +141,13 @@ fn glob_escape(s: &str) -> String {
 pub struct Filter {
     conds: Vec<String>,
     params: Vec<Value>,
+    /// A condition can use one of the bucketed indexes (Call-ID, numbers, names; see
+    /// [`crate::store::index::BUCKET_SHIFT`]), so the query lists the buckets for SQLite to seek.
+    bucketed: bool,
 }
+
+/// Columns whose index leads with the start-time bucket.
+const BUCKETED: &[&str] = &["c.call_id", "c.from_number", "c.to_number", "c.from_name", "c.to_name"];
 
 impl Filter {
     /// Adds one `FIELD OP [VALUE]` expression.
@@ -309,6 +315,15 @@ impl Filter {
             }
             other => return Err(bad(format!("unknown operator {other:?}; operators: {}", OPERATORS.join(" ")))),
         };
+        // Conditions an index on (bucket, column) can serve: equality, ranges and non-empty GLOB
+        // prefixes. Not `like`: a pattern with no literal prefix would have SQLite walk the whole
+        // index per bucket and fetch every row, far slower than the table scan it needs.
+        let indexable = match op.as_str() {
+            "=" | "<" | "<=" | ">" | ">=" | "between" => true,
+            "starts-with" => coll.is_empty() && !vals[0].is_empty(),
+            _ => false,
+        };
+        self.bucketed |= indexable && BUCKETED.contains(&col);
         self.conds.push(cond);
         Ok(())
     }
@@ -338,8 +353,13 @@ impl Filter {
 
     /// Matching call ids, newest first.
     pub fn ids(&self, index: &Index, limit: Option<i64>) -> Result<Vec<i64>, QueryError> {
+        let (with, buckets) = if self.bucketed {
+            (format!("WITH RECURSIVE {BUCKETS_CTE} "), format!("{IN_BUCKETS} AND "))
+        } else {
+            (String::new(), String::new())
+        };
         let sql = format!(
-            "SELECT c.id FROM calls c WHERE {} ORDER BY c.start_ns DESC, c.id DESC LIMIT {}",
+            "{with}SELECT c.id FROM calls c WHERE {buckets}{} ORDER BY c.start_ns DESC, c.id DESC LIMIT {}",
             self.sql(),
             limit.unwrap_or(-1)
         );
