@@ -43,6 +43,8 @@ pub fn run(
             continue;
         }
         let mut secs = Vec::new();
+        let mut user = Vec::new();
+        let mut sys = Vec::new();
         let mut delivered = (0, 0);
         // Stores are deleted only at the end, as in the import bench below (ext4's
         // `recently_deleted` scan would otherwise make each rep create its files slower).
@@ -51,10 +53,14 @@ pub fn run(
             let tmp = tempfile::tempdir_in(dir)?;
             let mut store = (stage == Stage::Store).then(|| bench_store(tmp.path())).transpose()?;
             let mut p = Pipeline::new(stage, store.as_mut())?;
+            let (u0, s0) = process_cpu_s();
             let t = Instant::now();
             p.run(&frames);
             p.finish();
             secs.push(t.elapsed().as_secs_f64());
+            let (u1, s1) = process_cpu_s();
+            user.push(u1 - u0);
+            sys.push(s1 - s0);
             ensure!(
                 p.store_errors().is_empty(),
                 "store errors: {:?}",
@@ -93,6 +99,11 @@ pub fn run(
             "ns_per_packet": ns_per_pkt,
             "stage_ns_per_packet": ns_per_pkt - prev_ns_per_pkt,
             "calls_per_second": calls as f64 / s,
+            // CPU time of the whole process (the store's sync thread included) per packet: user
+            // time is steady between runs on a VM where system time (page-cache pages the host
+            // must fault in) swings two- to fourfold.
+            "user_ns_per_packet": median(&mut user) * 1e9 / n,
+            "system_ns_per_packet": median(&mut sys) * 1e9 / n,
         }));
         prev_ns_per_pkt = ns_per_pkt;
     }
@@ -104,17 +115,28 @@ pub fn run(
     }))
 }
 
-/// `callrec import --workers W` for each W against `tcpdump -r FILE -w /dev/null` on the same
-/// generated capture, run alternately `reps` times; medians and their ratios.
-/// CPU time (user + system) of this process's waited-for children so far, in seconds.
-fn children_cpu_s() -> f64 {
+/// User and system CPU time of `who` (RUSAGE_SELF or RUSAGE_CHILDREN), in seconds.
+fn cpu_s(who: libc::c_int) -> (f64, f64) {
     // SAFETY: getrusage only writes the struct passed in.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    unsafe { libc::getrusage(who, &mut ru) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    (tv(ru.ru_utime), tv(ru.ru_stime))
 }
 
+/// User and system CPU time of this process so far, in seconds.
+fn process_cpu_s() -> (f64, f64) {
+    cpu_s(libc::RUSAGE_SELF)
+}
+
+/// CPU time (user + system) of this process's waited-for children so far, in seconds.
+fn children_cpu_s() -> f64 {
+    let (u, s) = cpu_s(libc::RUSAGE_CHILDREN);
+    u + s
+}
+
+/// `callrec import --workers W` for each W against `tcpdump -r FILE -w /dev/null` on the same
+/// generated capture, run alternately `reps` times; medians and their ratios.
 pub fn import_vs_tcpdump(
     callrec: &Path,
     pcap: &Path,

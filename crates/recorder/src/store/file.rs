@@ -121,6 +121,31 @@ impl Header {
     }
 }
 
+/// Asks the CPU to fetch the cache lines just past the end of `written` (a chunk buffer's
+/// records so far), where the call's next record will be appended.
+///
+/// Why: with a thousand calls in progress, each call's next record lands on lines of its chunk
+/// buffer last touched a whole chunk ago, and the streams of frames, records and page-cache
+/// copies in between have pushed those lines out of the caches. Appending to them then waits
+/// for memory (perf: a third of the store stage's user time stalled in the next packet's
+/// decode, behind those stores). Fetched now, they are in L2 when the call's next packet comes,
+/// a few hundred packets later. Store stage, 1,000 calls, three pairs: 437-486 -> 306-386 ns
+/// of user time per packet.
+#[inline(always)]
+fn prefetch_ahead(written: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let end = written.as_ptr_range().end as *const i8;
+        for off in [64usize, 128, 192, 256] {
+            // SAFETY: a prefetch is a hint; it never faults, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(end.wrapping_add(off)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = written;
+}
+
 fn nonce(index: u64, last: bool) -> Nonce {
     let mut n = [0u8; 12];
     n[..8].copy_from_slice(&index.to_le_bytes());
@@ -272,6 +297,7 @@ impl RecordingWriter {
         self.pending.extend_from_slice(&ts_ns.to_le_bytes());
         self.pending.extend_from_slice(&(rtp.len() as u16).to_le_bytes());
         self.pending.extend_from_slice(rtp);
+        prefetch_ahead(&self.pending);
         self.note(ts_ns)
     }
 
