@@ -132,6 +132,7 @@ fn chunk_writes_end_on_blocks_and_nothing_waits_longer_than_a_second() {
     for i in 0..n {
         let side = if i % 2 == 0 { Side::Caller } else { Side::Callee };
         sink.media(call(0), (i % 2) as u8, side, i as i64 * 1_000_000, &packet(0, i));
+        sink.wait_writes();
         lengths.insert(len());
     }
     assert!(lengths.len() > 4, "only {lengths:?}: the chunks were not written as they filled");
@@ -140,6 +141,7 @@ fn chunk_writes_end_on_blocks_and_nothing_waits_longer_than_a_second() {
     }
     // Nothing more for a second: the last partial chunk and the held tail are written.
     sink.tick(1_300_000_000);
+    sink.wait_writes();
     let contents = read_recording(&path, &key).unwrap();
     assert!(!contents.complete);
     let rtp = contents.records.iter().filter(|r| matches!(r, Record::Rtp { .. })).count();
@@ -150,4 +152,30 @@ fn chunk_writes_end_on_blocks_and_nothing_waits_longer_than_a_second() {
     drop(sink);
     assert!(matches!(store.verify(ids[0], Some(&key)).unwrap(), Verdict::Ok { authenticated: true, .. }));
     assert!(read_recording(&path, &key).unwrap().complete);
+}
+
+/// Writes happen on the sink's writing thread; a write that fails there (here: a call beyond the
+/// open-file budget, whose file vanished, so reopening it fails) is reported as the sink's error,
+/// naming the file.
+#[test]
+fn a_failed_write_on_the_writing_thread_is_reported_with_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let mut store = Store::init(&root, b"pass").unwrap();
+    let mut sink = store.recorder().unwrap();
+    sink.set_open_file_budget(0);
+    sink.call_started(call(0), "call-0", 0);
+    sink.flush();
+    let other = Store::open(&root).unwrap();
+    let ids = other.index.all_ids().unwrap();
+    let (rel, _, _) = other.index.file_of(ids[0]).unwrap().unwrap();
+    let path = other.abs(&rel);
+    std::fs::remove_file(&path).unwrap();
+    for i in 0..200 {
+        sink.media(call(0), 0, Side::Caller, i as i64 * 1_000_000, &packet(0, i));
+    }
+    sink.call_ended(call(0), summary("call-0", 300_000_000));
+    sink.flush();
+    let path = path.display().to_string();
+    assert!(sink.errors.iter().any(|e| e.contains("I/O error") && e.contains(&path)), "errors: {:?}", sink.errors);
 }

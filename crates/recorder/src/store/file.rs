@@ -20,6 +20,7 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
@@ -30,6 +31,7 @@ use zeroize::Zeroizing;
 
 use super::keys::{KeyError, KeyId, PrivateStoreKey, PublicStoreKey, hex};
 use super::md5x::{self, Md5State};
+use super::writeback::WriteQueue;
 use crate::model::{CallSummary, Side};
 
 pub const MAGIC: &[u8; 8] = b"CRECv1\0\0";
@@ -159,9 +161,12 @@ fn nonce(index: u64, last: bool) -> Nonce {
 /// otherwise it is reopened for each chunk (about once a second), so the number of calls recorded
 /// at once is not limited by the process's open-file limit.
 pub struct RecordingWriter {
-    file: Option<File>,
+    file: Option<Arc<File>>,
     keep_open: bool,
-    path: String,
+    path: Arc<str>,
+    /// Where writes go when a [`super::writeback::Writeback`] thread performs them; `None`: this
+    /// thread writes.
+    queue: Option<WriteQueue>,
     /// The data key for sealing chunks. `ring`'s ChaCha20-Poly1305 (assembly) seals at 1.5 GiB/s
     /// here against 0.87 GiB/s for RustCrypto's (benches: `crypto`); the output is the same
     /// RFC 8439 AEAD, and reading ([`read_recording`]) uses RustCrypto's, so every test that reads
@@ -211,9 +216,10 @@ impl RecordingWriter {
         let mut md5 = Md5State::new();
         md5.update(&header);
         Ok(RecordingWriter {
-            file: keep_open.then_some(file),
+            file: keep_open.then(|| Arc::new(file)),
             keep_open,
-            path: p,
+            path: p.into(),
+            queue: None,
             cipher: ring::aead::LessSafeKey::new(
                 ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &*dk).expect("a 32-byte key"),
             ),
@@ -336,7 +342,7 @@ impl RecordingWriter {
                 ring::aead::Aad::from(&self.file_id),
                 &mut self.pending[self.tail_len + FRAME..],
             )
-            .map_err(|_| FileError::BadRecord { path: self.path.clone(), chunk: self.chunk, what: "too large" })?;
+            .map_err(|_| FileError::BadRecord { path: self.path.to_string(), chunk: self.chunk, what: "too large" })?;
         self.pending.extend_from_slice(tag.as_ref());
         let len = (self.pending.len() - self.tail_len - FRAME) as u32;
         self.pending[self.tail_len..self.tail_len + FRAME].copy_from_slice(&len.to_le_bytes());
@@ -379,16 +385,8 @@ impl RecordingWriter {
     /// with: a failed write (disk full) leaves a recording that `verify` reports as damaged, and
     /// nothing is sealed twice.
     fn write_front(&mut self, n: usize) -> Result<(), FileError> {
-        let path = &self.path;
-        let ioe = |source| FileError::Io { path: path.clone(), source };
-        let r = match &mut self.file {
-            Some(f) => Ok(f),
-            None => std::fs::OpenOptions::new().append(true).open(path).map(|f| self.file.insert(f)).map_err(ioe),
-        }
-        .and_then(|file| file.write_all(&self.pending[..n]).map_err(ioe));
-        if !self.keep_open {
-            self.file = None;
-        }
+        let queued = self.queue.as_ref().is_some_and(|q| q.write(self.file.as_ref(), &self.path, &self.pending[..n]));
+        let r = if queued { Ok(()) } else { self.write_now(n) };
         if r.is_ok() {
             self.bytes += n as u64;
         }
@@ -400,6 +398,30 @@ impl RecordingWriter {
         self.pending.copy_within(n.., 0);
         self.pending.truncate(self.pending.len() - n);
         r
+    }
+
+    /// Writes the first `n` bytes of `pending` to the file in this thread.
+    fn write_now(&mut self, n: usize) -> Result<(), FileError> {
+        let path = &self.path;
+        let ioe = |source| FileError::Io { path: path.to_string(), source };
+        let r = match &mut self.file {
+            Some(f) => Ok(&**f),
+            None => std::fs::OpenOptions::new()
+                .append(true)
+                .open(&**path)
+                .map(|f| &**self.file.insert(Arc::new(f)))
+                .map_err(ioe),
+        }
+        .and_then(|mut file| file.write_all(&self.pending[..n]).map_err(ioe));
+        if !self.keep_open {
+            self.file = None;
+        }
+        r
+    }
+
+    /// From now on, hands writes to a [`super::writeback::Writeback`] thread.
+    pub fn set_write_queue(&mut self, queue: WriteQueue) {
+        self.queue = Some(queue);
     }
 
     fn flush_chunk(&mut self, last: bool) -> Result<(), FileError> {
