@@ -8,7 +8,7 @@ use recorder::Side;
 use recorder::engine::{CallRef, Sink};
 use recorder::model::{CallSummary, EndReason, Party};
 use recorder::store::file::{Record, read_recording};
-use recorder::store::{Store, Verdict};
+use recorder::store::{Store, StoreSink, Verdict};
 
 fn summary(call_id: &str, end_ns: i64) -> CallSummary {
     CallSummary {
@@ -110,6 +110,18 @@ fn batched_chunk_flushes_keep_every_recording_whole_and_its_watermark_right() {
     }
 }
 
+/// Starts call 0 and commits its index row; returns a second handle on the store (to read the
+/// index and the key while the sink records), the index ids and the recording's path.
+fn start_call_0(sink: &mut StoreSink<'_>, root: &std::path::Path) -> (Store, Vec<i64>, std::path::PathBuf) {
+    sink.call_started(call(0), "call-0", 0);
+    sink.flush();
+    let other = Store::open(root).unwrap();
+    let ids = other.index.all_ids().unwrap();
+    let (rel, _, _) = other.index.file_of(ids[0]).unwrap().unwrap();
+    let path = other.abs(&rel);
+    (other, ids, path)
+}
+
 /// Chunk writes end on block boundaries (the rest waits for the next write), yet everything
 /// recorded reaches the file within a second of capture time, as before.
 #[test]
@@ -118,13 +130,7 @@ fn chunk_writes_end_on_blocks_and_nothing_waits_longer_than_a_second() {
     let root = dir.path().join("store");
     let mut store = Store::init(&root, b"pass").unwrap();
     let mut sink = store.recorder().unwrap();
-    sink.call_started(call(0), "call-0", 0);
-    sink.flush();
-    // A second handle on the store reads the index and the key while the sink records.
-    let other = Store::open(&root).unwrap();
-    let ids = other.index.all_ids().unwrap();
-    let (rel, _, _) = other.index.file_of(ids[0]).unwrap().unwrap();
-    let path = other.abs(&rel);
+    let (other, ids, path) = start_call_0(&mut sink, &root);
     let key = other.private_key(b"pass").unwrap();
     let len = || std::fs::metadata(&path).unwrap().len();
     let mut lengths = std::collections::BTreeSet::new();
@@ -164,12 +170,7 @@ fn a_failed_write_on_the_writing_thread_is_reported_with_its_file() {
     let mut store = Store::init(&root, b"pass").unwrap();
     let mut sink = store.recorder().unwrap();
     sink.set_open_file_budget(0);
-    sink.call_started(call(0), "call-0", 0);
-    sink.flush();
-    let other = Store::open(&root).unwrap();
-    let ids = other.index.all_ids().unwrap();
-    let (rel, _, _) = other.index.file_of(ids[0]).unwrap().unwrap();
-    let path = other.abs(&rel);
+    let (_, _, path) = start_call_0(&mut sink, &root);
     std::fs::remove_file(&path).unwrap();
     for i in 0..200 {
         sink.media(call(0), 0, Side::Caller, i as i64 * 1_000_000, &packet(0, i));
