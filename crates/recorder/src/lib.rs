@@ -2,7 +2,7 @@
 //!
 //! - [`sip`], [`sdp`], [`rtp`], [`tcp`]: protocol views and stream framing.
 //! - [`engine`]: the sans-IO call assembler that turns packets into call events.
-//! - [`store`]: encrypted recording files, keys, and the [`index`] in SQLite.
+//! - [`store`]: encrypted recording files, keys, and the [`index`](store::index) in SQLite.
 //! - [`export`] and [`codec`]: turning a recording back into audio.
 
 pub mod codec;

@@ -13,7 +13,9 @@
 //! performed ([`Writeback::done`] has reached the sequence number [`Writeback::sent`] gave when it
 //! finished) *and then* a filesystem sync has started and completed (see [`super::syncer`]).
 //! A failed write is reported through [`Writeback::take_errors`] with the file's path; the file
-//! then fails `verify`, as with a failed synchronous write.
+//! then fails `verify`, as with a failed synchronous write. If the process dies, what is still
+//! queued is lost with it, as unflushed chunk buffers always were: at most `BUFFERS` (256) chunks, and
+//! while the thread keeps up (it has a core to itself for a copy) a few milliseconds of audio.
 
 use std::fs::File;
 use std::io::Write;
