@@ -136,9 +136,12 @@ fn children_cpu_s() -> f64 {
 }
 
 /// `callrec import --workers W` for each W against `tcpdump -r FILE -w /dev/null` on the same
-/// generated capture, run alternately `reps` times; medians and their ratios.
+/// generated capture, run alternately `reps` times; medians and their ratios. `compare`: other
+/// callrec builds (e.g. an older commit), run in the same repetitions right after this one with
+/// the same worker counts, each reported with its time paired against this build's.
 pub fn import_vs_tcpdump(
     callrec: &Path,
+    compare: &[std::path::PathBuf],
     pcap: &Path,
     frames: u64,
     reps: usize,
@@ -146,9 +149,14 @@ pub fn import_vs_tcpdump(
     dir: &Path,
 ) -> Result<Value> {
     use std::process::Command;
+    // (binary, workers) in the order each repetition runs them.
+    let runs: Vec<(&Path, usize)> = workers
+        .iter()
+        .flat_map(|&w| std::iter::once(callrec).chain(compare.iter().map(|p| p.as_path())).map(move |b| (b, w)))
+        .collect();
     let mut t_tcpdump = Vec::new();
-    let mut t_import: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];
-    let mut cpu_import: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];
+    let mut t_import: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
+    let mut cpu_import: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
     let mut last = Value::Null;
     // Stores are deleted only at the end: ext4 will not reuse an inode deleted in the last ~30 s,
     // and it finds that out by scanning, so creating files right after deleting a thousand costs
@@ -163,7 +171,7 @@ pub fn import_vs_tcpdump(
         let o = Command::new("tcpdump").arg("-r").arg(pcap).args(["-w", "/dev/null"]).output()?;
         ensure!(o.status.success(), "tcpdump -r: {}", String::from_utf8_lossy(&o.stderr));
         t_tcpdump.push(t.elapsed().as_secs_f64());
-        for (k, w) in workers.iter().enumerate() {
+        for (k, &(callrec, w)) in runs.iter().enumerate() {
             let tmp = tempfile::tempdir_in(dir)?;
             let store = tmp.path().join("store");
             let pass = tmp.path().join("pass");
@@ -194,19 +202,29 @@ pub fn import_vs_tcpdump(
         }
     }
     let td = median(&mut t_tcpdump.clone());
-    let per_workers: Vec<Value> = workers
+    let per_workers: Vec<Value> = runs
         .iter()
         .zip(t_import.iter().zip(&cpu_import))
-        .map(|(w, (t, cpu))| {
+        .map(|(&(bin, w), (t, cpu))| {
             let im = median(&mut t.clone());
             let cpu_ns = median(&mut cpu.clone()) * 1e9 / frames as f64;
             // Each import against the tcpdump run just before it: robust to the machine's pace
             // drifting between repetitions.
             let mut paired: Vec<f64> = t_tcpdump.iter().zip(t).map(|(td, im)| td / im).collect();
-            json!({"workers": w, "import_s": t, "import_mpps_median": frames as f64 / im / 1e6,
+            let mut v = json!({"workers": w, "import_s": t, "import_mpps_median": frames as f64 / im / 1e6,
                    "calls_per_s": last[0]["calls"].as_f64().unwrap_or(0.0) / im, "import_over_tcpdump": td / im,
                    "paired_ratios": paired.clone(), "paired_ratio_median": median(&mut paired),
-                   "import_cpu_s": cpu, "cpu_ns_per_frame_median": cpu_ns})
+                   "import_cpu_s": cpu, "cpu_ns_per_frame_median": cpu_ns});
+            if bin != callrec {
+                // This build's run with the same workers in the same repetition.
+                let this =
+                    runs.iter().position(|&(b, w2)| b == callrec && w2 == w).expect("this build runs every count");
+                let mut vs: Vec<f64> = t.iter().zip(&t_import[this]).map(|(c, n)| c / n).collect();
+                v["binary"] = json!(bin.display().to_string());
+                v["time_over_this_build"] = json!(vs.clone());
+                v["time_over_this_build_median"] = json!(median(&mut vs));
+            }
+            v
         })
         .collect();
     drop(stores);

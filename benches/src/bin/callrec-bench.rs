@@ -61,6 +61,10 @@ enum Cmd {
         workers: Vec<usize>,
         #[arg(long, default_value = "/var/tmp")]
         dir: PathBuf,
+        /// Another callrec build (e.g. an older commit's target/release/callrec) to run in the
+        /// same repetitions, right after this build, for an old/new comparison (repeatable).
+        #[arg(long)]
+        compare: Vec<PathBuf>,
     },
     /// Index ingest (rows per second) and search latency (median, p99) on an index of N calls.
     Index {
@@ -147,7 +151,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Stages { calls, duration, ramp, reps, dir, only, keep } => {
             stages::run(calls, duration, ramp, reps, &dir, only.as_deref(), keep)?
         }
-        Cmd::Import { calls, duration, reps, workers, dir } => {
+        Cmd::Import { calls, duration, reps, workers, dir, compare } => {
             let bin = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
             let tmp = tempfile::tempdir_in(&dir)?;
             let pcap = tmp.path().join(format!("calls{calls}.pcap"));
@@ -162,7 +166,7 @@ fn run(cli: Cli) -> Result<()> {
                 pw.write(ts, &buf)?;
             }
             std::io::Write::flush(&mut pw.into_inner())?;
-            stages::import_vs_tcpdump(&bin.join("callrec"), &pcap, w.total_frames(), reps, &workers, &dir)?
+            stages::import_vs_tcpdump(&bin.join("callrec"), &compare, &pcap, w.total_frames(), reps, &workers, &dir)?
         }
         Cmd::Index { rows, concurrent, batch, db, queries, reuse } => {
             indexbench::run(rows, concurrent, batch, &db, queries, reuse)?
