@@ -286,8 +286,9 @@ enum IndexOp {
         start_ns: i64,
         rel: String,
     },
-    /// `written`: the [`Writeback`] count its last write has once performed; `epoch`: the
-    /// [`Syncer`] epoch after which the recording is on disk, known once that write is performed.
+    /// `written`: the writing thread's sequence number of the recording's last write
+    /// ([`Writeback::sent`] when it finished); `epoch`: the [`Syncer`] epoch after which the
+    /// recording is on disk, known once the thread has performed that write.
     Completed {
         uid: u64,
         summary: Box<CallSummary>,
