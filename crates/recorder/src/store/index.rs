@@ -672,6 +672,11 @@ mod tests {
             .query_row(&format!("WITH RECURSIVE {BUCKETS_CTE} SELECT count(*) FROM buckets"), [], |r| r.get(0))
             .unwrap();
         assert_eq!(buckets, 7, "one row per bucket holding calls");
+        // The SQL spells the shift out; it must be BUCKET_SHIFT everywhere.
+        let shift = format!(">> {BUCKET_SHIFT}");
+        assert_eq!(MIGRATIONS[3].matches(&shift).count(), 5, "migration 4's indexes");
+        assert_eq!(BUCKETS_CTE.matches(&shift).count() + BUCKETS_CTE.matches(&format!("<< {BUCKET_SHIFT}")).count(), 4);
+        assert!(IN_BUCKETS.contains(&shift));
     }
 
     #[test]
