@@ -1,6 +1,8 @@
 //! The live bench: generated calls played onto the rig's virtual mirror port, recorded by
 //! `callrec capture --mode xdp`, by `callrec capture --mode af-packet`, and by `tcpdump -w` (the
 //! baseline most users have), one after another on the same traffic, at rising offered loads.
+//! Mode `xdp-pure` is `--mode xdp --af-xdp-crate xdp` (AF_XDP through the pure-Rust `xdp` crate
+//! instead of xsk-rs), for comparing the two.
 //!
 //! Loss is counted from what the generator sent: RTP packets recorded in the index (the sum of
 //! every stream's packet count) against RTP packets sent, and calls recorded complete (both
@@ -107,6 +109,7 @@ fn start_recorder(rig: &Rig, o: &LiveOpts, mode: &str, run_dir: &Path) -> Result
         }
         return Ok(child);
     }
+    let (mode, xsk_crate) = if mode == "xdp-pure" { ("xdp", "xdp") } else { (mode, "xsk-rs") };
     let store = run_dir.join("store");
     let pass = run_dir.join("pass");
     std::fs::write(&pass, "bench passphrase\n")?;
@@ -123,6 +126,8 @@ fn start_recorder(rig: &Rig, o: &LiveOpts, mode: &str, run_dir: &Path) -> Result
             "mirror0",
             "--mode",
             mode,
+            "--af-xdp-crate",
+            xsk_crate,
             "--workers",
             &o.workers.to_string(),
             "--log-interval",
@@ -259,6 +264,8 @@ fn one_run(rig: &Rig, o: &LiveOpts, mode: &str, calls: u32, flat_out: bool) -> R
         out["lost"] = json!(rtp_sent.saturating_sub(rtp_rec));
         out["loss_ratio"] = json!(rtp_sent.saturating_sub(rtp_rec) as f64 / rtp_sent.max(1) as f64);
         out["reader_packets"] = json!(sum("packets"));
+        // Which socket each reader used ("mirror0 q0 af-xdp (copy)", "… af-xdp/xdp-rs …", …).
+        out["sources"] = json!(q.iter().map(|x| x["source"].clone()).collect::<Vec<_>>());
         out["ring_drops"] = json!(sum("ring_drops"));
         out["other_drops"] = json!(sum("other_drops"));
         out["queue_drops"] = json!(sum("queue_drops"));

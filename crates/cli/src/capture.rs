@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use capture_core::live::afpacket::{AfPacketConfig, AfPacketSource};
 use capture_core::live::afxdp::{AfXdpConfig, AfXdpSource};
+use capture_core::live::afxdp_pure::PureAfXdpSource;
 use capture_core::live::pcapdev::PcapSource;
 use capture_core::live::xdp::{MediaMap, XdpFilter};
 use capture_core::live::{Backoff, Promisc, Source, now_ns};
@@ -55,6 +56,18 @@ impl Mode {
             Mode::Pcap => "pcap",
         }
     }
+}
+
+/// Which crate drives the AF_XDP sockets of `--mode xdp` (the two are compared in
+/// docs/BENCHMARKS.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum XskCrate {
+    /// xsk-rs (libxdp's ring helpers, built from C).
+    #[default]
+    XskRs,
+    /// The pure-Rust `xdp` crate.
+    Xdp,
 }
 
 /// Every setting of `capture`, as flags; each can also come from the TOML file of `--config`
@@ -90,6 +103,9 @@ pub struct CaptureArgs {
     #[arg(long)]
     #[serde(default)]
     pub xdp_generic: bool,
+    /// The crate that drives the AF_XDP sockets in xdp mode [default: xsk-rs].
+    #[arg(long, value_enum, value_name = "CRATE")]
+    pub af_xdp_crate: Option<XskCrate>,
     /// Seconds without SIP or media after which a call's endpoints leave the filter [default 600].
     #[arg(long, value_name = "SECS")]
     pub media_idle_timeout: Option<u64>,
@@ -125,6 +141,7 @@ impl CaptureArgs {
         self.workers = self.workers.or(file.workers);
         self.media_ports = self.media_ports.or(file.media_ports);
         self.xdp_generic |= file.xdp_generic;
+        self.af_xdp_crate = self.af_xdp_crate.or(file.af_xdp_crate);
         self.media_idle_timeout = self.media_idle_timeout.or(file.media_idle_timeout);
         self.log_interval = self.log_interval.or(file.log_interval);
         self.duration = self.duration.or(file.duration);
@@ -400,7 +417,10 @@ fn open_xdp(
     let queues = args.queues.unwrap_or_else(|| capture_core::live::rx_queues(iface));
     let mut out: Vec<Box<dyn Source>> = Vec::new();
     for q in 0..queues {
-        out.push(Box::new(AfXdpSource::open(&mut f, q, AfXdpConfig::default())?));
+        out.push(match args.af_xdp_crate.unwrap_or_default() {
+            XskCrate::XskRs => Box::new(AfXdpSource::open(&mut f, q, AfXdpConfig::default())?),
+            XskCrate::Xdp => Box::new(PureAfXdpSource::open(&mut f, q, AfXdpConfig::default())?),
+        });
     }
     Ok((f, out))
 }
@@ -781,5 +801,19 @@ mod tests {
         assert!(text.contains("bad.toml") && text.contains("workerz"), "{text}");
         assert!(parse_range("2000-1000").is_err());
         assert_eq!(parse_range("16384-32767").unwrap(), (16384, 32767));
+    }
+
+    #[test]
+    fn the_af_xdp_crate_comes_from_the_file_unless_a_flag_says_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "af_xdp_crate = \"xdp\"\n").unwrap();
+        let r = CaptureArgs { config: Some(p.clone()), ..Default::default() }.resolve().unwrap();
+        assert_eq!(r.af_xdp_crate, Some(XskCrate::Xdp));
+        let flag = CaptureArgs { config: Some(p.clone()), af_xdp_crate: Some(XskCrate::XskRs), ..Default::default() };
+        assert_eq!(flag.resolve().unwrap().af_xdp_crate, Some(XskCrate::XskRs));
+        std::fs::write(&p, "af_xdp_crate = \"libxdp\"\n").unwrap();
+        let e = format!("{:#}", CaptureArgs { config: Some(p), ..Default::default() }.resolve().unwrap_err());
+        assert!(e.contains("c.toml") && e.contains("libxdp"), "{e}");
     }
 }

@@ -70,11 +70,12 @@ impl Drop for Rig {
     }
 }
 
-fn start_capture(rig: &Rig, t: &TestStore, mode: &str) -> Child {
+fn start_capture(rig: &Rig, t: &TestStore, mode: &str, extra: &[&str]) -> Child {
     let child = Command::new("ip")
         .args(["netns", "exec", &format!("{}-cap", rig.name), callrec(), "--store"])
         .arg(t.store())
         .args(["capture", "--iface", "mirror0", "--mode", mode, "--workers", "2", "--log-interval", "0"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -174,11 +175,11 @@ fn check_calls(t: &TestStore, keep: &Path, expected: usize) {
     assert_eq!(v.matches("ok ").count(), expected, "{v}");
 }
 
-fn record_calls(mode: &str, tag: &str) -> (TestStore, Value) {
+fn record_calls(mode: &str, extra: &[&str], tag: &str) -> (TestStore, Value) {
     let rig = Rig::up(tag);
     let t = TestStore::new();
     let keep = t.dir.path().join("sipp");
-    let cap = start_capture(&rig, &t, mode);
+    let cap = start_capture(&rig, &t, mode, extra);
     let mut noise = rig.script(&["noise", "14"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let o = rig.script(&["calls", "3", keep.to_str().unwrap()]).output().unwrap();
     assert!(o.status.success(), "calls: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
@@ -198,7 +199,22 @@ fn xdp_capture_records_sipp_calls_and_drops_background_in_kernel() {
     if !root_or_skip() {
         return;
     }
-    let (_t, status) = record_calls("xdp", "x");
+    let (_t, status) = record_calls("xdp", &[], "x");
+    check_xdp_status(&status, "mirror0 q0 af-xdp (copy)");
+}
+
+#[test]
+fn xdp_capture_through_the_pure_rust_xdp_crate_records_the_same_calls() {
+    if !root_or_skip() {
+        return;
+    }
+    let (_t, status) = record_calls("xdp", &["--af-xdp-crate", "xdp"], "xp");
+    check_xdp_status(&status, "mirror0 q0 af-xdp/xdp-rs (copy)");
+}
+
+/// XDP attached, kept the calls' SIP and media, dropped the background in the kernel, and the
+/// reader was `source`.
+fn check_xdp_status(status: &Value, source: &str) {
     assert_eq!(status["mode"], "xdp");
     let x = &status["xdp"]["mirror0"];
     assert!(x.is_object(), "XDP did not attach: {status:#}");
@@ -210,7 +226,7 @@ fn xdp_capture_records_sipp_calls_and_drops_background_in_kernel() {
     // What passed is what the readers got: the background never reached userspace.
     let q = &status["queues"][0];
     assert_eq!(q["unmatched"], 0, "{q:#}");
-    assert_eq!(q["source"], "mirror0 q0 af-xdp (copy)");
+    assert_eq!(q["source"], source);
 }
 
 #[test]
@@ -218,7 +234,7 @@ fn af_packet_capture_records_the_same_calls() {
     if !root_or_skip() {
         return;
     }
-    let (_t, status) = record_calls("af-packet", "p");
+    let (_t, status) = record_calls("af-packet", &[], "p");
     assert_eq!(status["queues"][0]["source"], "mirror0 #0 af-packet (TPACKET_V3)");
     assert!(
         status["queues"][0]["unmatched"].as_u64().unwrap() > 1000,
@@ -234,7 +250,7 @@ fn sigterm_mid_call_leaves_a_finished_verifiable_recording() {
     let rig = Rig::up("t");
     let t = TestStore::new();
     let keep = t.dir.path().join("sipp");
-    let cap = start_capture(&rig, &t, "xdp");
+    let cap = start_capture(&rig, &t, "xdp", &[]);
     let mut calls = rig
         .script(&["calls", "1", keep.to_str().unwrap()])
         .stdout(Stdio::null())

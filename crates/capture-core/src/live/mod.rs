@@ -9,6 +9,7 @@
 
 pub mod afpacket;
 pub mod afxdp;
+pub mod afxdp_pure;
 pub mod pcapdev;
 pub mod xdp;
 
