@@ -135,6 +135,34 @@ fn children_cpu_s() -> f64 {
     u + s
 }
 
+/// Writes `bytes` to a new file at `path` in 8 KiB writes (a recording's chunk size) and syncs
+/// it; seconds taken.
+fn write_floor(path: &Path, bytes: u64) -> Result<f64> {
+    use std::io::Write;
+    let buf = vec![0x5au8; 8192];
+    let t = Instant::now();
+    let mut f = std::fs::File::create(path)?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    f.sync_data()?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Total size of the files under `dir`.
+fn dir_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let m = e.metadata()?;
+        total += if m.is_dir() { dir_bytes(&e.path())? } else { m.len() };
+    }
+    Ok(total)
+}
+
 /// `callrec import --workers W` for each W against `tcpdump -r FILE -w /dev/null` on the same
 /// generated capture, run alternately `reps` times; medians and their ratios. `compare`: other
 /// callrec builds (e.g. an older commit), run in the same repetitions right after this one with
@@ -163,6 +191,11 @@ pub fn import_vs_tcpdump(
     // each new file hundreds of microseconds (seen in perf as `recently_deleted`), an artefact of
     // the bench, not of recording.
     let mut stores = Vec::new();
+    // The bytes one import writes (recordings and index), once known; then each repetition also
+    // times writing as many bytes in 8 KiB writes to a fresh file and syncing it: the cost of the
+    // page-cache copy and the disk alone, which no recorder that keeps its recordings can beat.
+    let mut written: Option<u64> = None;
+    let mut t_floor = Vec::new();
     for _ in 0..reps.max(1) {
         // Start each run with no dirty pages from the last one being written back.
         // SAFETY: sync(2) takes no arguments and cannot fail.
@@ -171,6 +204,11 @@ pub fn import_vs_tcpdump(
         let o = Command::new("tcpdump").arg("-r").arg(pcap).args(["-w", "/dev/null"]).output()?;
         ensure!(o.status.success(), "tcpdump -r: {}", String::from_utf8_lossy(&o.stderr));
         t_tcpdump.push(t.elapsed().as_secs_f64());
+        if let Some(bytes) = written {
+            let tmp = tempfile::tempdir_in(dir)?;
+            t_floor.push(write_floor(&tmp.path().join("floor.bin"), bytes)?);
+            stores.push(tmp);
+        }
         for (k, &(callrec, w)) in runs.iter().enumerate() {
             let tmp = tempfile::tempdir_in(dir)?;
             let store = tmp.path().join("store");
@@ -195,6 +233,9 @@ pub fn import_vs_tcpdump(
                 .output()?;
             t_import[k].push(t.elapsed().as_secs_f64());
             cpu_import[k].push(children_cpu_s() - cpu);
+            if written.is_none() {
+                written = Some(dir_bytes(&store)?);
+            }
             stores.push(tmp);
             ensure!(o.status.success(), "callrec import: {}", String::from_utf8_lossy(&o.stderr));
             last = serde_json::from_slice(&o.stdout)?;
@@ -228,8 +269,14 @@ pub fn import_vs_tcpdump(
         })
         .collect();
     drop(stores);
+    // Paired with the tcpdump run of the same repetition (the first repetition has none: the
+    // byte count comes from its import).
+    let mut floor_ratio: Vec<f64> = t_tcpdump.iter().skip(1).zip(&t_floor).map(|(td, fl)| td / fl).collect();
     Ok(json!({
         "bench": "import_vs_tcpdump", "frames": frames, "reps": reps,
+        "bytes_written_per_import": written,
+        "write_floor_s": t_floor, "write_floor_over_tcpdump": floor_ratio.clone(),
+        "write_floor_over_tcpdump_median": if floor_ratio.is_empty() { Value::Null } else { json!(median(&mut floor_ratio)) },
         "tcpdump_read_s": t_tcpdump, "tcpdump_mpps_median": frames as f64 / td / 1e6,
         "import": per_workers, "last_import_summary": last,
     }))
