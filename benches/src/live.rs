@@ -277,7 +277,8 @@ fn one_run(rig: &Rig, o: &LiveOpts, mode: &str, calls: u32, flat_out: bool) -> R
                 .as_array()
                 .map(|ws| ws
                     .iter()
-                    .map(|w| json!({"max_batch_ms": w["max_batch_ms"], "max_tick_ms": w["max_tick_ms"]}))
+                    .map(|w| json!({"max_batch_ms": w["max_batch_ms"], "max_tick_ms": w["max_tick_ms"],
+                        "packets": w["packets"], "batches": w["batches"]}))
                     .collect::<Vec<_>>())
                 .unwrap_or_default()
         );
