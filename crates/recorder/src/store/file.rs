@@ -215,13 +215,6 @@ impl Cipher {
         if hw { Cipher::Aes256Gcm } else { Cipher::ChaCha20Poly1305 }
     }
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Cipher::ChaCha20Poly1305 => "ChaCha20-Poly1305",
-            Cipher::Aes256Gcm => "AES-256-GCM",
-        }
-    }
-
     fn ring_algorithm(self) -> &'static ring::aead::Algorithm {
         match self {
             Cipher::ChaCha20Poly1305 => &ring::aead::CHACHA20_POLY1305,
