@@ -12,8 +12,6 @@ use std::time::Instant;
 
 use anyhow::{Result, ensure};
 use capture_core::synth::{Flow, udp_frame};
-use recorder::Config;
-use recorder::steer::{SteerConfig, Steering};
 use serde_json::{Value, json};
 
 use crate::pipeline::{Pipeline, Stage, bench_store, raise_fd_limit};
@@ -85,8 +83,7 @@ pub fn flood_bench(invites: u32, stray_rtp: u32, max_calls: usize) -> Result<Val
     let mut store = bench_store(tmp.path())?;
     let base = rss_mib();
     let mut p = Pipeline::new(Stage::Store, Some(&mut store))?;
-    p.engine = recorder::Engine::new(Config { max_calls, ..Default::default() });
-    p.steering = Steering::new(SteerConfig { workers: 1, max_calls, ..Default::default() });
+    p.set_max_calls(max_calls);
     let mut samples = Vec::new();
     let t0 = 1_700_000_000_000_000_000i64;
     let total = invites as u64 + stray_rtp as u64;
@@ -118,11 +115,12 @@ pub fn flood_bench(invites: u32, stray_rtp: u32, max_calls: usize) -> Result<Val
         };
         p.frame(ts, &frame);
         if (k + 1) % step == 0 {
-            samples
-                .push(json!({"packets": k + 1, "rss_mib": rss_mib(), "calls_tracked_by_steering": p.steering.calls()}));
+            samples.push(
+                json!({"packets": k + 1, "rss_mib": rss_mib(), "calls_tracked_by_steering": p.steering().calls()}),
+            );
         }
     }
-    let st = p.engine.stats().clone();
+    let st = p.engine().stats().clone();
     let peak = status_kib("self", "VmHWM").unwrap_or(0) as f64 / 1024.0;
     p.finish();
     ensure!(p.store_errors().is_empty(), "store errors: {:?}", &p.store_errors()[..p.store_errors().len().min(3)]);

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use capture_core::{Decoded, Decoder};
+use recorder::batch::{Batch, steer};
 use recorder::steer::{KernelChange, Learned, SteerConfig, Steering};
 use recorder::store::{Store, StoreSink};
 use recorder::{Config, Engine, Sink};
@@ -63,10 +64,12 @@ impl Frames {
         k
     }
 
+    /// Appends one frame. Panics past 4 GiB (offsets are 32-bit); callers size their workloads.
     pub fn push(&mut self, ts: i64, frame: &[u8]) {
         let start = self.data.len() as u32;
         self.data.extend_from_slice(frame);
-        self.index.push((ts, start, self.data.len() as u32));
+        let end = u32::try_from(self.data.len()).expect("Frames holds at most 4 GiB of frames");
+        self.index.push((ts, start, end));
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (i64, &[u8])> {
@@ -121,18 +124,31 @@ impl Sink for NullSink {
     }
 }
 
-/// One worker's path, run to `stage`. Holds its state across batches so steady state can be
+/// Frames a reader stages and steers at a time: what a live reader's poll returns at most, and
+/// what fills a worker's batch ([`recorder::batch::BATCH_FRAMES`]).
+pub const WINDOW: usize = recorder::batch::BATCH_FRAMES;
+
+/// One worker's path, run to `stage`, the way live capture runs it: a reader decodes frames into
+/// a staged [`Batch`], [`steer`]s it with look-ahead into the worker's batch, and the worker
+/// hands that to [`Engine::handle_batch`]. Holds its state across batches so steady state can be
 /// measured after a warm-up.
 pub struct Pipeline<'s> {
-    pub stage: Stage,
     pub decoder: Decoder,
-    pub steering: Steering,
-    pub engine: Engine,
+    staged: Batch,
+    path: Stages<'s>,
+}
+
+/// Everything after decoding: steering, engine, sink.
+struct Stages<'s> {
+    stage: Stage,
+    steering: Steering,
+    engine: Engine,
     learned: Vec<Learned>,
     kernel: Vec<KernelChange>,
+    worker: Batch,
     sink: Either<'s>,
-    pub checksum: u64,
-    pub routed: u64,
+    checksum: u64,
+    routed: u64,
 }
 
 // One per pipeline, matched on every packet: boxing the store would add a pointer chase to the
@@ -152,58 +168,90 @@ impl<'s> Pipeline<'s> {
             _ => Either::Null(NullSink::default()),
         };
         Ok(Pipeline {
-            stage,
             decoder: Decoder::default(),
-            steering: Steering::new(SteerConfig { workers: 1, ..Default::default() }),
-            engine: Engine::new(Config::default()),
-            learned: Vec::with_capacity(64),
-            kernel: Vec::with_capacity(64),
-            sink,
-            checksum: 0,
-            routed: 0,
+            staged: Batch::default(),
+            path: Stages {
+                stage,
+                steering: Steering::new(SteerConfig { workers: 1, ..Default::default() }),
+                engine: Engine::new(Config::default()),
+                learned: Vec::with_capacity(64),
+                kernel: Vec::with_capacity(64),
+                worker: Batch::default(),
+                sink,
+                checksum: 0,
+                routed: 0,
+            },
         })
     }
 
-    /// Runs one frame through the stages.
-    #[inline]
+    pub fn stage(&self) -> Stage {
+        self.path.stage
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.path.engine
+    }
+
+    pub fn steering(&self) -> &Steering {
+        &self.path.steering
+    }
+
+    /// A sum over what the stage read (keeps the read and decode stages from being optimised away).
+    pub fn checksum(&self) -> u64 {
+        self.path.checksum
+    }
+
+    /// Packets steering sent to the worker.
+    pub fn routed(&self) -> u64 {
+        self.path.routed
+    }
+
+    /// Replaces the engine and steering with ones limited to `max_calls` calls (flood bench).
+    pub fn set_max_calls(&mut self, max_calls: usize) {
+        self.path.engine = Engine::new(Config { max_calls, ..Default::default() });
+        self.path.steering = Steering::new(SteerConfig { workers: 1, max_calls, ..Default::default() });
+    }
+
+    /// Runs one frame through the stages, as a batch of one (for benches that measure memory,
+    /// not speed).
     pub fn frame(&mut self, ts: i64, frame: &[u8]) {
-        if self.stage == Stage::Read {
-            // What any reader pays: the bytes are read once.
-            self.checksum = self.checksum.wrapping_add(frame.iter().fold(0u64, |a, &b| a.wrapping_add(b as u64)));
-            return;
-        }
-        let Ok(Decoded::Packet(p)) = self.decoder.decode(ts, 1, frame) else { return };
-        if self.stage == Stage::Decode {
-            self.checksum = self.checksum.wrapping_add(p.payload.len() as u64);
-            return;
-        }
-        self.learned.clear();
-        self.kernel.clear();
-        if self.steering.route(&p, ts, &mut self.learned, &mut self.kernel).is_some() {
-            self.routed += 1;
-        }
-        match &mut self.sink {
-            Either::Null(_) if self.stage == Stage::Dispatch => {}
-            Either::Null(s) => self.engine.handle(&p, ts, s),
-            Either::Store(s) => {
-                self.engine.handle(&p, ts, s);
-                s.tick(ts);
+        self.take(ts, frame);
+        self.path.batch(&mut self.staged);
+    }
+
+    /// Runs `frames` through the stages [`WINDOW`] frames at a time.
+    pub fn run(&mut self, frames: &Frames) {
+        for chunk in frames.index.chunks(WINDOW) {
+            for &(ts, s, e) in chunk {
+                self.take(ts, &frames.data[s as usize..e as usize]);
             }
+            self.path.batch(&mut self.staged);
         }
     }
 
-    pub fn run(&mut self, frames: &Frames) {
-        for (ts, f) in frames.iter() {
-            self.frame(ts, f);
+    /// Reads or decodes one frame; from the dispatch stage on, stages the packet.
+    #[inline]
+    fn take(&mut self, ts: i64, frame: &[u8]) {
+        if self.path.stage == Stage::Read {
+            // What any reader pays: the bytes are read once.
+            let sum = frame.iter().fold(0u64, |a, &b| a.wrapping_add(b as u64));
+            self.path.checksum = self.path.checksum.wrapping_add(sum);
+            return;
         }
+        let Ok(Decoded::Packet(p)) = self.decoder.decode(ts, 1, frame) else { return };
+        if self.path.stage == Stage::Decode {
+            self.path.checksum = self.path.checksum.wrapping_add(p.payload.len() as u64);
+            return;
+        }
+        self.staged.push(ts, &p);
     }
 
     /// Ends every call and commits the index.
     pub fn finish(&mut self) {
-        match &mut self.sink {
-            Either::Null(s) => self.engine.finish(s),
+        match &mut self.path.sink {
+            Either::Null(s) => self.path.engine.finish(s),
             Either::Store(s) => {
-                self.engine.finish(s);
+                self.path.engine.finish(s);
                 s.flush();
             }
         }
@@ -211,17 +259,46 @@ impl<'s> Pipeline<'s> {
 
     /// Media packets the sink received and calls it completed.
     pub fn delivered(&self) -> (u64, u64) {
-        match &self.sink {
+        match &self.path.sink {
             Either::Null(s) => (s.media, s.calls),
-            Either::Store(s) => (self.engine.stats().rtp_packets, s.recorded),
+            Either::Store(s) => (self.path.engine.stats().rtp_packets, s.recorded),
         }
     }
 
     pub fn store_errors(&self) -> &[String] {
-        match &self.sink {
+        match &self.path.sink {
             Either::Store(s) => &s.errors,
             Either::Null(_) => &[],
         }
+    }
+}
+
+impl Stages<'_> {
+    /// Steers the staged packets into the worker's batch, then (from the assembly stage on)
+    /// assembles and stores that batch.
+    fn batch(&mut self, staged: &mut Batch) {
+        if staged.is_empty() {
+            return;
+        }
+        let Stages { stage, steering, engine, learned, kernel, worker, sink, routed, .. } = self;
+        learned.clear();
+        kernel.clear();
+        let mut work = |b: &mut Batch| {
+            *routed += b.len() as u64;
+            match sink {
+                Either::Null(_) if *stage == Stage::Dispatch => {}
+                Either::Null(s) => engine.handle_batch(&b.packets, &b.data, s),
+                Either::Store(s) => {
+                    engine.handle_batch(&b.packets, &b.data, s);
+                    if let Some(ts) = b.last_ts() {
+                        s.tick(ts);
+                    }
+                }
+            }
+            b.clear();
+        };
+        steer(staged, steering, learned, kernel, std::slice::from_mut(worker), |_, b| work(b));
+        work(worker);
     }
 }
 

@@ -31,6 +31,14 @@ pub fn run(
 ) -> Result<Value> {
     raise_fd_limit();
     let w = Workload::calls(calls, duration, ramp);
+    // The frames are held in memory with 32-bit offsets (a G.711 frame is 214 bytes).
+    let bytes = w.total_rtp() * 214;
+    ensure!(
+        bytes < u32::MAX as u64,
+        "{calls} calls for {duration} s are about {} GiB of frames; the stages bench holds at most 4 GiB: \
+         use a shorter --duration",
+        bytes >> 30
+    );
     let mut frames = Frames::default();
     let mut scratch = Vec::new();
     let mut g = Generator::new(w.clone());
@@ -67,10 +75,10 @@ pub fn run(
                 &p.store_errors()[..p.store_errors().len().min(3)]
             );
             delivered = p.delivered();
-            std::hint::black_box(p.checksum);
+            std::hint::black_box(p.checksum());
             if stage >= Stage::Dispatch {
                 // Every generated frame belongs to a call, so steering must place every one.
-                ensure!(p.routed == frames.len() as u64, "dispatch placed {} of {} frames", p.routed, frames.len());
+                ensure!(p.routed() == frames.len() as u64, "dispatch placed {} of {} frames", p.routed(), frames.len());
             }
             drop(p);
             drop(store);

@@ -55,6 +55,61 @@ pub struct Packet<'a> {
     pub payload: &'a [u8],
 }
 
+/// A decoded packet held for a moment in a batch, its payload kept as a position in the batch's
+/// buffer instead of a borrow, so a worker can decode a whole batch first and then run it
+/// through the engine with look-ahead (`recorder::Engine::handle_batch`), without a lifetime
+/// tying the held packets to the decoder.
+#[derive(Debug, Clone, Copy)]
+pub struct Held {
+    pub ts: i64,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub transport: Transport,
+    off: u32,
+    len: u32,
+}
+
+impl Packet<'_> {
+    /// The packet, captured at `ts`, as a [`Held`] relative to `base`; `None` when its payload
+    /// does not lie in `base` (a datagram reassembled from fragments lies in the decoder).
+    #[inline]
+    pub fn hold(&self, ts: i64, base: &[u8]) -> Option<Held> {
+        let off = (self.payload.as_ptr() as usize).checked_sub(base.as_ptr() as usize)?;
+        if off + self.payload.len() > base.len() {
+            return None;
+        }
+        Some(Held {
+            ts,
+            src: self.src,
+            dst: self.dst,
+            sport: self.sport,
+            dport: self.dport,
+            transport: self.transport,
+            off: u32::try_from(off).ok()?,
+            len: self.payload.len() as u32,
+        })
+    }
+}
+
+impl Held {
+    /// The packet again, its payload in `base`, which must be the buffer given to
+    /// [`Packet::hold`] (another buffer gives another payload, or an empty one if too short).
+    #[inline]
+    pub fn packet<'b>(&self, base: &'b [u8]) -> Packet<'b> {
+        let (off, len) = (self.off as usize, self.len as usize);
+        Packet {
+            src: self.src,
+            dst: self.dst,
+            sport: self.sport,
+            dport: self.dport,
+            transport: self.transport,
+            payload: base.get(off..off + len).unwrap_or_default(),
+        }
+    }
+}
+
 /// Frames that are fine but carry nothing callrec records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Ignored {

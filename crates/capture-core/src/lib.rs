@@ -11,5 +11,5 @@ pub mod live;
 pub mod pcap;
 pub mod synth;
 
-pub use decode::{DecodeError, Decoded, Decoder, Ignored, Packet, Transport};
+pub use decode::{DecodeError, Decoded, Decoder, Held, Ignored, Packet, Transport};
 pub use pcap::{CaptureError, CaptureReader, Frame, PcapWriter};

@@ -29,8 +29,8 @@ use capture_core::live::xdp::{MediaMap, XdpFilter};
 use capture_core::live::{Backoff, Promisc, Source, now_ns};
 use capture_core::{Decoded, Decoder};
 
-use crate::batch::Batch;
 use crossbeam::channel::{Receiver, Sender, TrySendError, bounded, unbounded};
+use recorder::batch::{Batch, steer};
 use recorder::steer::{KernelChange, Learned, SteerConfig, Steering};
 use recorder::store::Store;
 use recorder::{Config, Engine};
@@ -442,6 +442,7 @@ fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx) {
     let mut decoder = Decoder::default();
     let mut steering = Steering::new(ctx.steer);
     let mut batches: Vec<Batch> = ctx.links.iter().map(|_| Batch::default()).collect();
+    let mut staged = Batch::default();
     let mut learned = Vec::new();
     let mut kernel = Vec::new();
     let mut backoff = Backoff::new(Duration::from_millis(1));
@@ -455,23 +456,18 @@ fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx) {
         let res = src.poll(256, &mut |ts, frame| {
             stats.bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
             stats.packets.fetch_add(1, Ordering::Relaxed);
-            let pkt = match decoder.decode(ts, linktype, frame) {
-                Ok(Decoded::Packet(p)) => p,
+            match decoder.decode(ts, linktype, frame) {
+                Ok(Decoded::Packet(p)) => staged.push(ts, &p),
                 Ok(Decoded::Ignored(_)) | Err(_) => {
                     stats.not_decoded.fetch_add(1, Ordering::Relaxed);
-                    return;
                 }
-            };
-            let Some(w) = steering.route(&pkt, ts, &mut learned, &mut kernel) else {
-                stats.unmatched.fetch_add(1, Ordering::Relaxed);
-                return;
-            };
-            let b = &mut batches[w as usize];
-            b.push(ts, linktype, frame, &pkt);
-            if b.full() {
-                send(&ctx.links[w as usize], b, &stats);
             }
         });
+        // Steered a poll's worth (at most 256 packets) at a time, with look-ahead.
+        let unmatched = steer(&mut staged, &mut steering, &mut learned, &mut kernel, &mut batches, |w, b| {
+            send(&ctx.links[w], b, &stats)
+        });
+        stats.unmatched.fetch_add(unmatched, Ordering::Relaxed);
         let n = match res {
             Ok(n) => n,
             Err(e) => {
@@ -495,7 +491,7 @@ fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx) {
         // of traffic instead of seconds, and a worker's 100-ms store tick overflowed it.
         if now.duration_since(last_flush) >= Duration::from_millis(5) {
             for (w, b) in batches.iter_mut().enumerate() {
-                if !b.items.is_empty() {
+                if !b.is_empty() {
                     send(&ctx.links[w], b, &stats);
                 }
             }
@@ -521,7 +517,7 @@ fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx) {
         }
     }
     for (w, b) in batches.iter_mut().enumerate() {
-        if !b.items.is_empty() {
+        if !b.is_empty() {
             send(&ctx.links[w], b, &stats);
         }
     }
@@ -553,7 +549,7 @@ fn send(link: &WorkerLink, b: &mut Batch, stats: &ReaderStats) {
     match link.tx.try_send(full) {
         Ok(()) => {}
         Err(TrySendError::Full(mut back)) | Err(TrySendError::Disconnected(mut back)) => {
-            stats.queue_drops.fetch_add(back.items.len() as u64, Ordering::Relaxed);
+            stats.queue_drops.fetch_add(back.len() as u64, Ordering::Relaxed);
             back.clear();
             *b = back;
         }
@@ -566,7 +562,6 @@ fn worker(dir: &Path, workers: usize, rx: Receiver<Batch>, pool: Sender<Batch>, 
     // The process's open-file limit is shared by every worker's recordings.
     sink.set_open_file_budget(recorder::store::default_open_file_budget() / workers.max(1));
     let mut engine = Engine::new(Config::default());
-    let mut decoder = Decoder::default();
     let publish = |engine: &Engine, sink: &recorder::store::StoreSink<'_>| {
         stats.active_calls.store(engine.active_calls() as u64, Ordering::Relaxed);
         stats.calls_started.store(engine.stats().calls_started, Ordering::Relaxed);
@@ -586,16 +581,12 @@ fn worker(dir: &Path, workers: usize, rx: Receiver<Batch>, pool: Sender<Batch>, 
             Ok(mut batch) => {
                 idle = Duration::ZERO;
                 let t = std::time::Instant::now();
-                for (it, frame) in batch.frames() {
-                    if let Ok(Decoded::Packet(p)) = decoder.decode(it.ts, it.linktype, frame) {
-                        engine.handle(&p, it.ts, &mut sink);
-                    }
-                }
+                engine.handle_batch(&batch.packets, &batch.data, &mut sink);
                 stats.max_batch_us.fetch_max(t.elapsed().as_micros() as u64, Ordering::Relaxed);
-                stats.packets.fetch_add(batch.items.len() as u64, Ordering::Relaxed);
+                stats.packets.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 stats.batches.fetch_add(1, Ordering::Relaxed);
-                if let Some(last) = batch.items.last() {
-                    stats.lag_ns.store(now_ns().saturating_sub(last.ts).max(0) as u64, Ordering::Relaxed);
+                if let Some(last) = batch.last_ts() {
+                    stats.lag_ns.store(now_ns().saturating_sub(last).max(0) as u64, Ordering::Relaxed);
                 }
                 batch.clear();
                 let _ = pool.try_send(batch);

@@ -14,7 +14,7 @@ use recorder::store::Store;
 use recorder::{Config, Engine};
 use serde_json::json;
 
-use crate::batch::Batch;
+use recorder::batch::{Batch, steer};
 
 /// Counts bytes read, for the progress bar.
 struct Counting<R> {
@@ -72,12 +72,22 @@ pub fn run(dir: &Path, files: &[PathBuf], json_out: bool, user: &str, workers: u
 fn import_one(store: &mut Store, path: &Path) -> Result<serde_json::Value> {
     let mut engine = Engine::new(Config::default());
     let mut sink = store.recorder()?;
-    let input = read_packets(path, |pkt, ts, last_ts, _, _| {
+    // Packets go to the engine a batch at a time, as in live capture, so it can look ahead.
+    let mut staged = Batch::default();
+    let mut latest = i64::MIN;
+    let input = read_packets(path, |pkt, ts, last_ts| {
         if let Some(p) = pkt {
-            engine.handle(p, ts, &mut sink);
+            staged.push(ts, p);
         }
-        sink.tick(last_ts);
+        latest = last_ts;
+        if staged.full() {
+            engine.handle_batch(&staged.packets, &staged.data, &mut sink);
+            staged.clear();
+            sink.tick(last_ts);
+        }
     })?;
+    engine.handle_batch(&staged.packets, &staged.data, &mut sink);
+    sink.tick(latest);
     engine.finish(&mut sink);
     sink.flush();
     let st = engine.stats().clone();
@@ -88,9 +98,9 @@ fn import_one(store: &mut Store, path: &Path) -> Result<serde_json::Value> {
 }
 
 /// Reads every frame of the capture at `path` (with a progress bar), decodes it, counts what
-/// the input holds in an [`Input`], and calls `on_frame(packet, ts, latest ts, link type, frame)`
+/// the input holds in an [`Input`], and calls `on_frame(packet, ts, latest ts)`
 /// for each frame: `packet` is `None` for frames that carry nothing to record.
-fn read_packets(path: &Path, mut on_frame: impl FnMut(Option<&Packet<'_>>, i64, i64, u32, &[u8])) -> Result<Input> {
+fn read_packets(path: &Path, mut on_frame: impl FnMut(Option<&Packet<'_>>, i64, i64)) -> Result<Input> {
     let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("cannot open: {e}"))?;
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let pb = crate::progress_bar(len, &path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
@@ -116,14 +126,14 @@ fn read_packets(path: &Path, mut on_frame: impl FnMut(Option<&Packet<'_>>, i64, 
         }
         last_ts = last_ts.max(ts);
         match decoder.decode(ts, frame.linktype, frame.data) {
-            Ok(Decoded::Packet(p)) => on_frame(Some(&p), ts, last_ts, frame.linktype, frame.data),
+            Ok(Decoded::Packet(p)) => on_frame(Some(&p), ts, last_ts),
             Ok(Decoded::Ignored(i)) => {
                 *input.skipped.entry(ignored_reason(i)).or_default() += 1;
-                on_frame(None, ts, last_ts, frame.linktype, frame.data);
+                on_frame(None, ts, last_ts);
             }
             Err(e) => {
                 *input.malformed.entry(format!("frame decode: {e}")).or_default() += 1;
-                on_frame(None, ts, last_ts, frame.linktype, frame.data);
+                on_frame(None, ts, last_ts);
             }
         }
     }
@@ -215,22 +225,23 @@ fn import_parallel(dir: &Path, path: &Path, workers: usize) -> Result<serde_json
             // A worker that failed has dropped its receiver; its error is reported on join.
             let _ = links[w].0.send(std::mem::replace(b, fresh));
         };
-        let input = read_packets(path, |pkt, ts, _, linktype, frame| {
-            let Some(pkt) = pkt else { return };
+        // Decoded packets are staged and steered a batch at a time, with look-ahead.
+        let mut staged = Batch::default();
+        let mut steer_staged = |staged: &mut Batch, batches: &mut [Batch]| {
             learned.clear();
             kernel.clear();
-            let Some(w) = steering.route(pkt, ts, &mut learned, &mut kernel) else {
-                unmatched += 1;
-                return;
-            };
-            let w = w as usize;
-            batches[w].push(ts, linktype, frame, pkt);
-            if batches[w].full() {
-                send(w, &mut batches[w], &links);
+            unmatched += steer(staged, &mut steering, &mut learned, &mut kernel, batches, |w, b| send(w, b, &links));
+        };
+        let input = read_packets(path, |pkt, ts, _| {
+            let Some(pkt) = pkt else { return };
+            staged.push(ts, pkt);
+            if staged.full() {
+                steer_staged(&mut staged, &mut batches);
             }
         });
+        steer_staged(&mut staged, &mut batches);
         for (w, b) in batches.iter_mut().enumerate() {
-            if !b.items.is_empty() {
+            if !b.is_empty() {
                 send(w, b, &links);
             }
         }
@@ -257,16 +268,11 @@ fn import_worker(dir: &Path, workers: usize, rx: Receiver<Batch>, pool: Sender<B
     let mut sink = store.recorder()?;
     sink.set_open_file_budget(recorder::store::default_open_file_budget() / workers.max(1));
     let mut engine = Engine::new(Config::default());
-    let mut decoder = Decoder::default();
     let mut last = i64::MIN;
     for mut batch in rx {
-        for (it, frame) in batch.frames() {
-            if let Ok(Decoded::Packet(p)) = decoder.decode(it.ts, it.linktype, frame) {
-                engine.handle(&p, it.ts, &mut sink);
-            }
-            last = last.max(it.ts);
-            sink.tick(last);
-        }
+        engine.handle_batch(&batch.packets, &batch.data, &mut sink);
+        last = batch.packets.iter().map(|h| h.ts).fold(last, i64::max);
+        sink.tick(last);
         batch.clear();
         let _ = pool.try_send(batch);
     }

@@ -2,7 +2,6 @@
 //! exit codes, `--json`/`--csv`), quiet when piped, and writes an audit entry when it reads or
 //! changes recordings.
 
-mod batch;
 mod capture;
 mod import;
 

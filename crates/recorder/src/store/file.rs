@@ -160,17 +160,10 @@ impl Header {
 /// of user time per packet.
 #[inline(always)]
 fn prefetch_ahead(written: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let end = written.as_ptr_range().end as *const i8;
-        for off in [64usize, 128, 192, 256] {
-            // SAFETY: a prefetch is a hint; it never faults, whatever the address.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(end.wrapping_add(off)) };
-        }
+    let end = written.as_ptr_range().end;
+    for off in [64usize, 128, 192, 256] {
+        crate::prefetch::prefetch(end.wrapping_add(off));
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = written;
 }
 
 fn nonce(index: u64, last: bool) -> [u8; 12] {
@@ -255,7 +248,19 @@ impl Opener {
 /// The file stays open between chunks only when the sink's open-file budget allows (`keep_open`);
 /// otherwise it is reopened for each chunk (about once a second), so the number of calls recorded
 /// at once is not limited by the process's open-file limit.
+#[repr(C)]
 pub struct RecordingWriter {
+    // `repr(C)`, these first: every record reads them (see `StoreSink::prefetch_call`).
+    /// The tail (`tail_len` bytes), then `FRAME` bytes for the length, then the records of the
+    /// next chunk.
+    pending: Vec<u8>,
+    pending_since: Option<i64>,
+    /// The end of the chunks sealed so far that does not fill a block, kept at the front of
+    /// `pending` (so it costs no memory: chunks are smaller by as much): written with the next
+    /// chunk, or alone once `tail_since` is a flush interval old, or by `finish`.
+    tail_len: usize,
+    /// Capture time of the oldest record in the tail.
+    tail_since: Option<i64>,
     file: Option<Arc<File>>,
     keep_open: bool,
     path: Arc<str>,
@@ -269,21 +274,11 @@ pub struct RecordingWriter {
     cipher: ring::aead::LessSafeKey,
     file_id: [u8; 16],
     chunk: u64,
-    /// The tail (`tail_len` bytes), then `FRAME` bytes for the length, then the records of the
-    /// next chunk.
-    pending: Vec<u8>,
-    pending_since: Option<i64>,
     md5: Md5State,
     /// `pending` is a sealed chunk (encrypted, framed), waiting for its MD5 update and write.
     sealed: bool,
     /// Bytes written to the file.
     bytes: u64,
-    /// The end of the chunks sealed so far that does not fill a block, kept at the front of
-    /// `pending` (so it costs no memory: chunks are smaller by as much): written with the next
-    /// chunk, or alone once `tail_since` is a flush interval old, or by `finish`.
-    tail_len: usize,
-    /// Capture time of the oldest record in the tail.
-    tail_since: Option<i64>,
 }
 
 /// What a finished recording is: its size and MD5 watermark.
@@ -413,6 +408,16 @@ impl RecordingWriter {
         self.pending.extend_from_slice(rtp);
         prefetch_ahead(&self.pending);
         self.note(ts_ns)
+    }
+
+    /// Loads the buffer lines the next record will be written to (a G.711 packet's record spans
+    /// three or four); a hint for [`crate::engine::Engine::handle_batch`].
+    #[inline]
+    pub fn prefetch_append(&self) {
+        let end = self.pending.as_ptr_range().end;
+        for off in [0usize, 64, 128, 192] {
+            crate::prefetch::prefetch(end.wrapping_add(off));
+        }
     }
 
     pub fn payload_types(&mut self, side: Side, map: &[(u8, &str, u32)]) -> Result<(), FileError> {

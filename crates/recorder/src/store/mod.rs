@@ -253,14 +253,17 @@ pub struct Rotation {
     pub skipped: Vec<i64>,
 }
 
+/// `repr(C)`: what [`Sink::media`] reads first (`uid`, `queued`, then the writer's buffer, see
+/// [`RecordingWriter`]) lies in the first lines, the ones [`Sink::prefetch_call`] loads.
+#[repr(C)]
 struct OpenRecording {
     uid: u64,
+    /// Its full chunk waits in [`StoreSink::ready`].
+    queued: bool,
     slot: u32,
     writer: RecordingWriter,
     rel: String,
     keep_open: bool,
-    /// Its full chunk waits in [`StoreSink::ready`].
-    queued: bool,
 }
 
 impl AsMut<RecordingWriter> for OpenRecording {
@@ -630,6 +633,20 @@ impl Sink for StoreSink<'_> {
             }
             Ok(_) => {}
             Err(e) => self.note_err(e),
+        }
+    }
+
+    fn prefetch_call(&self, call: CallRef) {
+        if let Some(r) = self.open.get(call.slot as usize) {
+            let at = r as *const Option<OpenRecording> as *const u8;
+            crate::prefetch::prefetch(at);
+            crate::prefetch::prefetch(at.wrapping_add(64));
+        }
+    }
+
+    fn prefetch_media(&self, call: CallRef) {
+        if let Some(Some(r)) = self.open.get(call.slot as usize) {
+            r.writer.prefetch_append();
         }
     }
 
