@@ -136,6 +136,10 @@ enum Cmd {
     Plot { live_json: PathBuf, out_svg: PathBuf },
 }
 
+/// The allocator `callrec` uses (see its main.rs), so the benches measure the same heap.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,

@@ -117,10 +117,14 @@ impl<V: Copy + Default> EndpointMap<V> {
         }
     }
 
-    /// Asks the CPU to load the slot where `ep`'s search starts; a hint, nothing else.
+    /// Asks the CPU to load the slot where `ep`'s search starts (both of its ends: a slot of
+    /// 40 bytes straddles two cache lines half the time); a hint, nothing else.
     #[inline]
     pub fn prefetch(&self, ep: &(IpAddr, u16)) {
-        prefetch(&self.slots[self.home(&Key::new(ep))]);
+        let slot = &self.slots[self.home(&Key::new(ep))];
+        let at = slot as *const Slot<V> as *const u8;
+        prefetch(at);
+        prefetch(at.wrapping_add(std::mem::size_of::<Slot<V>>() - 1));
     }
 
     #[inline]
