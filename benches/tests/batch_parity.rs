@@ -40,8 +40,11 @@ fn one_at_a_time(frames: &[(i64, Vec<u8>)]) -> MemorySink {
     sink
 }
 
-/// Batches of `size` frames (the last one shorter), as a reader stages them.
-fn batched(frames: &[(i64, Vec<u8>)], size: usize) -> MemorySink {
+/// Batches of `size` frames (the last one shorter), as a reader stages them. With `drain` the
+/// worker's batch is handled after every staged batch (so steering hands the staged batch over
+/// whole); without, it fills across staged batches (so steering copies packets into it) and is
+/// handled when full and at the end.
+fn batched(frames: &[(i64, Vec<u8>)], size: usize, drain: bool) -> MemorySink {
     let (mut d, mut e, mut sink) = (Decoder::default(), Engine::new(Config::default()), MemorySink::new(true));
     let mut steering = Steering::new(SteerConfig { workers: 1, ..Default::default() });
     let (mut staged, mut worker) = (Batch::default(), [Batch::default()]);
@@ -57,9 +60,12 @@ fn batched(frames: &[(i64, Vec<u8>)], size: usize) -> MemorySink {
             e.handle_batch(&b.packets, &b.data, &mut sink);
             b.clear();
         });
-        e.handle_batch(&worker[0].packets, &worker[0].data, &mut sink);
-        worker[0].clear();
+        if drain {
+            e.handle_batch(&worker[0].packets, &worker[0].data, &mut sink);
+            worker[0].clear();
+        }
     }
+    e.handle_batch(&worker[0].packets, &worker[0].data, &mut sink);
     e.finish(&mut sink);
     assert_eq!(unmatched, 0, "steering dropped packets of known calls");
     sink
@@ -72,9 +78,9 @@ fn batched_path_records_exactly_what_one_packet_at_a_time_records() {
     assert_eq!(want.calls.len(), 400);
     assert!(want.media_packets > 100_000, "{} media packets", want.media_packets);
     assert!(want.calls.iter().any(|(s, _)| !s.dtmf.is_empty()), "the workload has DTMF");
-    for size in [1, 7, 256] {
-        let got = batched(&frames, size);
-        assert_eq!(got.media_packets, want.media_packets, "batch size {size}");
-        assert_eq!(format!("{:?}", got.calls), format!("{:?}", want.calls), "batch size {size}");
+    for (size, drain) in [(1, true), (7, true), (256, true), (7, false), (100, false)] {
+        let got = batched(&frames, size, drain);
+        assert_eq!(got.media_packets, want.media_packets, "batch size {size}, drain {drain}");
+        assert_eq!(format!("{:?}", got.calls), format!("{:?}", want.calls), "batch size {size}, drain {drain}");
     }
 }

@@ -87,7 +87,9 @@ fn import_one(store: &mut Store, path: &Path) -> Result<serde_json::Value> {
         }
     })?;
     engine.handle_batch(&staged.packets, &staged.data, &mut sink);
-    sink.tick(latest);
+    if latest > i64::MIN {
+        sink.tick(latest);
+    }
     engine.finish(&mut sink);
     sink.flush();
     let st = engine.stats().clone();

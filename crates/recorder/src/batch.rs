@@ -66,6 +66,9 @@ impl Batch {
 /// `full(worker, batch)` whenever a batch fills (the caller sends it and leaves an empty one).
 /// What steering learned and changed accumulates in `learned` and `kernel`. Returns how many
 /// packets no worker wanted (UDP neither SIP nor media of a known call). Leaves `staged` empty.
+///
+/// With one worker whose batch is empty, the routed packets stay where they are and `staged`
+/// becomes the worker's batch: no copy.
 pub fn steer(
     staged: &mut Batch,
     steering: &mut Steering,
@@ -75,6 +78,32 @@ pub fn steer(
     mut full: impl FnMut(usize, &mut Batch),
 ) -> u64 {
     let mut unmatched = 0;
+    if let [only] = batches
+        && only.is_empty()
+    {
+        // Keep the routed packets in place (their payloads do not move), then swap.
+        let Batch { data, packets } = staged;
+        let mut kept = 0;
+        for i in 0..packets.len() {
+            if let Some(a) = packets.get(i + AHEAD_SLOT) {
+                steering.prefetch(&a.packet(data));
+            }
+            let h = packets[i];
+            if steering.route(&h.packet(data), h.ts, learned, kernel).is_some() {
+                packets[kept] = h;
+                kept += 1;
+            } else {
+                unmatched += 1;
+            }
+        }
+        packets.truncate(kept);
+        std::mem::swap(staged, only);
+        if only.full() {
+            full(0, only);
+        }
+        staged.clear();
+        return unmatched;
+    }
     let base = &staged.data[..];
     for (i, h) in staged.packets.iter().enumerate() {
         if let Some(a) = staged.packets.get(i + AHEAD_SLOT) {
