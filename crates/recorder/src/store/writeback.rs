@@ -71,11 +71,17 @@ pub struct WriteQueue {
 }
 
 impl Writeback {
-    /// Starts the writing thread.
+    /// Starts the writing thread. Call it on the thread that will queue the writes.
     pub fn start() -> Result<Writeback, String> {
         let (tx, rx) = bounded::<Req>(BUFFERS + 1);
         // Buffers come back here once written.
         let (pool_tx, pool_rx) = bounded::<Vec<u8>>(BUFFERS);
+        // crossbeam allocates the first time a thread blocks on a channel (the thread's wait
+        // context, the channel's list of waiters), which here would be the first time every
+        // buffer is in use, in the middle of recording (`benches/tests/zero_alloc.rs` failed
+        // when that fell in its window). Wait on the empty pool once instead: a millisecond, when
+        // the first recording opens.
+        let _ = pool_rx.recv_timeout(std::time::Duration::from_millis(1));
         for _ in 0..BUFFERS {
             let _ = pool_tx.try_send(Vec::with_capacity(BUFFER_BYTES));
         }
