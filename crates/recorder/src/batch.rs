@@ -78,13 +78,14 @@ pub fn steer(
     mut full: impl FnMut(usize, &mut Batch),
 ) -> u64 {
     let mut unmatched = 0;
+    // The first packets have nobody ahead of them to prefetch their slots: ask for all at once.
+    staged.packets.iter().take(AHEAD_SLOT).for_each(|a| steering.prefetch(&a.packet(&staged.data)));
     if let [only] = batches
         && only.is_empty()
     {
         // Keep the routed packets in place (their payloads do not move), then swap.
         let Batch { data, packets } = staged;
         let mut kept = 0;
-        packets.iter().take(AHEAD_SLOT).for_each(|a| steering.prefetch(&a.packet(data)));
         for i in 0..packets.len() {
             if let Some(a) = packets.get(i + AHEAD_SLOT) {
                 steering.prefetch(&a.packet(data));
@@ -106,7 +107,6 @@ pub fn steer(
         return unmatched;
     }
     let base = &staged.data[..];
-    staged.packets.iter().take(AHEAD_SLOT).for_each(|a| steering.prefetch(&a.packet(base)));
     for (i, h) in staged.packets.iter().enumerate() {
         if let Some(a) = staged.packets.get(i + AHEAD_SLOT) {
             steering.prefetch(&a.packet(base));
