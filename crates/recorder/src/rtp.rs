@@ -116,6 +116,17 @@ pub struct StreamStats {
     pub last_ts_ns: i64,
 }
 
+/// `ns × clock / 10⁹` (truncated toward zero, kept to 64 bits as `as i64` would) without the
+/// 128-bit division that costs every RTP packet a call into compiler-builtins (perf: ~1.5 % of
+/// the hot path at 30,000 calls): the whole seconds and the rest are scaled apart, and both
+/// divisions are by a constant. `rest × clock` stays below 10⁹ × 2³² < 2⁶³.
+#[inline]
+fn ns_to_units(ns: i64, clock: u32) -> i64 {
+    let clock = clock as i64;
+    let (secs, rest) = (ns / 1_000_000_000, ns % 1_000_000_000);
+    secs.wrapping_mul(clock).wrapping_add(rest * clock / 1_000_000_000)
+}
+
 /// What [`StreamStats::update`] decided about a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arrival {
@@ -174,8 +185,8 @@ impl StreamStats {
         self.packets += 1;
         self.bytes += bytes as u64;
         self.last_ts_ns = arrival_ns;
-        let clock = clock.max(1) as i128;
-        let arrival_units = (arrival_ns as i128 * clock / 1_000_000_000) as i64;
+        let clock = clock.max(1);
+        let arrival_units = ns_to_units(arrival_ns, clock);
         let transit = arrival_units.wrapping_sub(rtp_ts as i64);
         if let Some(prev) = self.last_transit {
             let d = (transit - prev).unsigned_abs();
@@ -266,6 +277,37 @@ mod tests {
         v[4..8].copy_from_slice(&ts.to_be_bytes());
         v.extend_from_slice(&[0xff; 160]);
         v
+    }
+
+    #[test]
+    fn ns_to_units_is_the_128_bit_product_and_quotient() {
+        let reference = |ns: i64, clock: u32| (ns as i128 * clock as i128 / 1_000_000_000) as i64;
+        let times = [
+            0,
+            1,
+            999_999_999,
+            1_000_000_000,
+            1_763_942_400_123_456_789, // 2025, as captures carry
+            -1,
+            -999_999_999,
+            -1_000_000_001,
+            -1_763_942_400_123_456_789,
+            i64::MAX,
+            i64::MIN,
+        ];
+        let clocks = [1, 8_000, 16_000, 48_000, 90_000, u32::MAX];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let random = (0..10_000).map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as i64
+        });
+        for ns in times.into_iter().chain(random) {
+            for clock in clocks {
+                assert_eq!(ns_to_units(ns, clock), reference(ns, clock), "{ns} ns at {clock} Hz");
+            }
+        }
     }
 
     #[test]
