@@ -10,7 +10,7 @@ use thiserror::Error;
 
 use crate::codec::{CodecKind, StreamDecoder};
 use crate::model::Side;
-use crate::rtp::RtpPacket;
+use crate::rtp::{RtpPacket, ns_to_units};
 use crate::store::file::Record;
 
 #[derive(Debug, Error)]
@@ -111,7 +111,7 @@ pub fn render(records: &[Record]) -> Audio {
             if kind == CodecKind::Silence {
                 continue;
             }
-            let arrival_pos = ((arrival - start).max(0) as i128 * rate as i128 / 1_000_000_000) as i64;
+            let arrival_pos = ns_to_units((arrival - start).max(0), rate);
             let clock = clock.max(1) as i64;
             let pos = match anchor {
                 Some((apos, ats)) => {
@@ -153,8 +153,7 @@ pub fn render(records: &[Record]) -> Audio {
         }
     }
     // The audio lasts as long as the call, even when its last seconds carried no audio packets.
-    let call_len =
-        end_ns.map_or(0, |e| ((e - start).max(0) as i128 * rate as i128 / 1_000_000_000) as usize).min(max_len);
+    let call_len = end_ns.map_or(0, |e| ns_to_units((e - start).max(0), rate) as usize).min(max_len);
     let len = chans[0].len().max(chans[1].len()).max(call_len);
     let [mut left, mut right] = chans;
     left.resize(len, 0);
