@@ -2,7 +2,7 @@
 # The benchmark harness (docs/BENCHMARKS.md quotes what it prints). Results go to docs/bench/ as
 # JSON, the live bench's loss chart to docs/bench/loss.svg.
 #
-#   scripts/bench.sh [all|micro|stages|import|index|memory|flood|live] [--quick]
+#   scripts/bench.sh [all|micro|stages|import|index|memory|flood|xdp|live] [--quick]
 #
 #   micro   criterion: decode, dispatch, assembly, encrypted store per packet (30,000 calls up)
 #   stages  per-stage cost on 1,000 concurrent 30 s calls held in memory
@@ -10,6 +10,7 @@
 #   index   ingest rate and search latency on a 10-million-call index (--quick: 1 million)
 #   memory  resident memory with 20,000 calls in progress
 #   flood   memory under INVITEs with fresh Call-IDs and RTP of no call
+#   xdp     the XDP filter's kernel time per frame, with and without its media port set (root)
 #   live    callrec xdp vs af-packet vs tcpdump on the virtual mirror port (root)
 #
 # Set BENCH_WORKERS="1 2" to repeat the live bench for several worker counts (e.g. "1 2 4 8 16"
@@ -47,6 +48,10 @@ if want memory; then
 fi
 if want flood; then
   run $bin/callrec-bench flood --invites 300000 --stray-rtp 1000000 --max-calls 100000 | tee "$out/flood.json"
+fi
+if want xdp; then
+  [ "$(id -u)" -eq 0 ] || { echo "bench: the XDP filter bench needs root: sudo cargo xtask bench xdp" >&2; exit 1; }
+  run $bin/callrec-bench xdp-filter --endpoints 20000 | tee "$out/xdp-filter.json"
 fi
 if want live; then
   [ "$(id -u)" -eq 0 ] || { echo "bench: the live bench needs root: sudo cargo xtask bench live" >&2; exit 1; }

@@ -5,6 +5,7 @@
 //!   time (or as fast as it can, to measure the rig's ceiling).
 //! - [`measure`]: process CPU, memory and interface counters, read from `/proc` and `/sys`.
 //! - [`plot`]: the loss-against-offered-load chart for `docs/BENCHMARKS.md`.
+//! - [`xdpbench`]: the XDP filter's kernel time per frame, run on frames in memory.
 //!
 //! The binaries `callrec-gen` and `callrec-bench` drive them; `cargo xtask bench` runs the lot.
 
@@ -16,3 +17,4 @@ pub mod plot;
 pub mod send;
 pub mod stages;
 pub mod traffic;
+pub mod xdpbench;

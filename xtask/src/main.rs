@@ -40,7 +40,7 @@ fn main() -> Result<ExitCode> {
         "bench" => script("bench.sh", &rest),
         "" | "help" | "--help" | "-h" => {
             println!(
-                "cargo xtask demo [STORE] | test | fuzz [SECONDS] | rig up|down|calls|noise|exec [NAME] ... | bench [all|micro|stages|import|index|memory|flood|live] [--quick]"
+                "cargo xtask demo [STORE] | test | fuzz [SECONDS] | rig up|down|calls|noise|exec [NAME] ... | bench [all|micro|stages|import|index|memory|flood|xdp|live] [--quick]"
             );
             Ok(ExitCode::SUCCESS)
         }

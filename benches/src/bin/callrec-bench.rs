@@ -6,6 +6,7 @@
 //!     callrec-bench flood --invites 2000000                  memory under an INVITE / stray-RTP flood
 //!     callrec-bench live --loads 500,1000,2000               xdp vs af-packet vs tcpdump on the rig (root)
 //!     callrec-bench plot LIVE.json OUT.svg                   loss against offered load
+//!     callrec-bench xdp-filter --endpoints 20000             the XDP filter's time per frame (root)
 //!
 //! Each prints one JSON object on stdout; `cargo xtask bench` collects them into docs/BENCHMARKS.md.
 
@@ -134,6 +135,19 @@ enum Cmd {
     },
     /// Draws the loss chart from a live bench result.
     Plot { live_json: PathBuf, out_svg: PathBuf },
+    /// The XDP filter's kernel time per frame (BPF_PROG_TEST_RUN), by kind of frame, with the
+    /// media port set and without it (every UDP frame looked up in the endpoint hash), alternating.
+    XdpFilter {
+        /// Media endpoints registered (two per call).
+        #[arg(long, default_value_t = 20_000)]
+        endpoints: u32,
+        /// Runs of the program per measurement.
+        #[arg(long, default_value_t = 2_000_000)]
+        repeat: u32,
+        /// Measurements of each kind and setting (the median is reported).
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+    },
 }
 
 /// The allocator `callrec` uses (see its main.rs), so the benches measure the same heap.
@@ -198,6 +212,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             v
         }
+        Cmd::XdpFilter { endpoints, repeat, rounds } => callrec_bench::xdpbench::run(endpoints, repeat, rounds)?,
         Cmd::Plot { live_json, out_svg } => {
             let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&live_json)?)?;
             plot::loss_chart(&v, &out_svg)?;

@@ -12,6 +12,10 @@
  *   - Media: UDP whose destination or source (address, port) is in `media`, an LRU hash that
  *     userspace fills from the SDP it sees and empties at call end or after an idle timeout; or,
  *     opt-in, a port in the static range of `ports` entry 1 (media negotiated out of sight).
+ *     `ports` entry 2 holds every port that some endpoint in `media` uses, kept by userspace with
+ *     the map: the hash is looked up only for a port in it. Most of a mirror port's UDP belongs to
+ *     no call, and for it two bit tests replace two hash lookups (a 20-byte hash and a bucket
+ *     in a 4 MiB table each, where a bit test reads one cache line of an 8 KiB set).
  *   - UDP fragments after the first carry no ports; they pass so that large SIP messages can be
  *     reassembled (they are rare on a voice network, and counted).
  *
@@ -73,7 +77,7 @@ struct {
 
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
-    __uint(max_entries, 2);
+    __uint(max_entries, 3);
     __type(key, __u32);
     __type(value, struct port_set);
 } ports SEC(".maps");
@@ -172,7 +176,8 @@ static __always_inline int udp_verdict(struct cursor *c, __u8 family, const __u8
     __u16 sport = be16(u), dport = be16(u + 2);
     if (port_in(0, sport) || port_in(0, dport))
         return V_SIP;
-    if (media_known(family, daddr, dport) || media_known(family, saddr, sport))
+    if ((port_in(2, dport) && media_known(family, daddr, dport)) ||
+        (port_in(2, sport) && media_known(family, saddr, sport)))
         return V_MEDIA;
     if (depth == 0 && (dport == 4789 || dport == 8472)) {
         c->pos = u + 16; /* UDP + VXLAN header */

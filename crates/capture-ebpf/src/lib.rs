@@ -15,6 +15,9 @@ pub const MAP_COUNTERS: &str = "counters";
 /// Entries of the `ports` map.
 pub const PORTS_SIP: u32 = 0;
 pub const PORTS_MEDIA_RANGE: u32 = 1;
+/// Every port of an endpoint in the `media` map (kept with it by userspace): the program looks
+/// an endpoint up in the hash only if its port is here.
+pub const PORTS_MEDIA_KNOWN: u32 = 2;
 /// Capacity of the `media` LRU map (endpoints of calls in progress).
 pub const MAX_MEDIA: u32 = 262_144;
 /// Capacity of the `xsks` map: receive queues per interface.
@@ -83,6 +86,10 @@ impl Default for PortSet {
 impl PortSet {
     pub fn insert(&mut self, port: u16) {
         self.bits[usize::from(port >> 3)] |= 1 << (port & 7);
+    }
+
+    pub fn remove(&mut self, port: u16) {
+        self.bits[usize::from(port >> 3)] &= !(1 << (port & 7));
     }
 
     pub fn contains(&self, port: u16) -> bool {

@@ -503,6 +503,9 @@ fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx) {
             stats.other_drops.store(s.other_drops, Ordering::Relaxed);
             steering.sweep(now_ns(), &mut kernel);
             apply_kernel(&ctx.media_maps, &mut kernel);
+            for m in &ctx.media_maps {
+                m.retry_lingering();
+            }
             last_stats = now;
         }
         if ctx.stop.load(Ordering::Relaxed) {

@@ -19,10 +19,11 @@ pub type Counters = [u64; 8];
 pub struct XdpFilter {
     iface: String,
     mode: XdpMode,
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     xsks: XskMap<MapData>,
     media: MediaMap,
-    ports: Array<MapData, PortSet>,
+    /// Shared with [`MediaMap`], which keeps entry [`capture_ebpf::PORTS_MEDIA_KNOWN`].
+    ports: Arc<Mutex<Array<MapData, PortSet>>>,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -35,6 +36,16 @@ impl XdpFilter {
     /// it and in generic (skb) mode otherwise, unless `generic` asks for skb mode outright.
     pub fn attach(iface: &str, generic: bool) -> Result<XdpFilter, LiveError> {
         super::ifindex(iface)?;
+        Self::load(iface, Some(generic))
+    }
+
+    /// Loads the program without attaching it anywhere: for running it on frames in memory
+    /// ([`XdpFilter::test_run`]), in tests and benches. Needs the same privileges as `attach`.
+    pub fn load_detached() -> Result<XdpFilter, LiveError> {
+        Self::load("(not attached)", None)
+    }
+
+    fn load(iface: &str, attach_generic: Option<bool>) -> Result<XdpFilter, LiveError> {
         let mut ebpf = EbpfLoader::new().load(capture_ebpf::PROGRAM).map_err(|e| {
             let text = e.to_string();
             let detail = format!("{e:?}");
@@ -64,8 +75,10 @@ impl XdpFilter {
             }
             e => err(iface, "loading the XDP program", e),
         })?;
-        let mut mode = if generic { XdpMode::Skb } else { XdpMode::Driver };
-        if let Err(e) = prog.attach(iface, mode) {
+        let mut mode = if attach_generic == Some(true) { XdpMode::Skb } else { XdpMode::Driver };
+        if let Some(generic) = attach_generic
+            && let Err(e) = prog.attach(iface, mode)
+        {
             if generic {
                 return Err(attach_error(iface, e));
             }
@@ -76,17 +89,25 @@ impl XdpFilter {
             ebpf.take_map(name).ok_or_else(|| err(iface, "loading", format!("map {name} missing from the object")))
         };
         let xsks = XskMap::try_from(take(&mut ebpf, capture_ebpf::MAP_XSKS)?).map_err(|e| err(iface, "xsks", e))?;
+        let ports: Arc<Mutex<Array<MapData, PortSet>>> = Arc::new(Mutex::new(
+            Array::try_from(take(&mut ebpf, capture_ebpf::MAP_PORTS)?).map_err(|e| err(iface, "ports", e))?,
+        ));
         let media = MediaMap {
             iface: iface.to_string(),
-            map: Arc::new(Mutex::new(
-                HashMap::try_from(take(&mut ebpf, capture_ebpf::MAP_MEDIA)?).map_err(|e| err(iface, "media", e))?,
-            )),
+            inner: Arc::new(Mutex::new(MediaInner {
+                map: HashMap::try_from(take(&mut ebpf, capture_ebpf::MAP_MEDIA)?)
+                    .map_err(|e| err(iface, "media", e))?,
+                ports: ports.clone(),
+                known: HashSet::default(),
+                port_refs: std::collections::HashMap::default(),
+                set: Box::default(),
+                lingering: Vec::new(),
+            })),
             count: Arc::default(),
         };
-        let ports = Array::try_from(take(&mut ebpf, capture_ebpf::MAP_PORTS)?).map_err(|e| err(iface, "ports", e))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, capture_ebpf::MAP_COUNTERS)?)
             .map_err(|e| err(iface, "counters", e))?;
-        Ok(XdpFilter { iface: iface.to_string(), mode, _ebpf: ebpf, xsks, media, ports, counters })
+        Ok(XdpFilter { iface: iface.to_string(), mode, ebpf, xsks, media, ports, counters })
     }
 
     pub fn iface(&self) -> &str {
@@ -107,7 +128,7 @@ impl XdpFilter {
         for &p in ports {
             set.insert(p);
         }
-        self.ports.set(capture_ebpf::PORTS_SIP, set, 0).map_err(|e| err(&self.iface, "setting SIP ports", e))
+        lock(&self.ports).set(capture_ebpf::PORTS_SIP, set, 0).map_err(|e| err(&self.iface, "setting SIP ports", e))
     }
 
     /// The opt-in static media port range (inclusive), for media negotiated out of sight.
@@ -118,7 +139,21 @@ impl XdpFilter {
                 set.insert(p);
             }
         }
-        self.ports.set(capture_ebpf::PORTS_MEDIA_RANGE, set, 0).map_err(|e| err(&self.iface, "setting media range", e))
+        lock(&self.ports)
+            .set(capture_ebpf::PORTS_MEDIA_RANGE, set, 0)
+            .map_err(|e| err(&self.iface, "setting media range", e))
+    }
+
+    /// Benches only: `false` puts every port in the media port set, so that the program looks
+    /// every UDP frame up in the endpoint hash, as it did before the set existed; `true` puts back
+    /// the ports of the registered endpoints.
+    #[doc(hidden)]
+    pub fn bench_media_port_set(&self, on: bool) -> Result<(), LiveError> {
+        let m = lock(&self.media.inner);
+        let set = if on { *m.set } else { PortSet { bits: [0xff; 8192] } };
+        lock(&self.ports)
+            .set(capture_ebpf::PORTS_MEDIA_KNOWN, set, 0)
+            .map_err(|e| err(&self.iface, "updating the media port set", e))
     }
 
     /// A handle on the media endpoint map that reader threads can keep.
@@ -149,6 +184,61 @@ impl XdpFilter {
     }
 }
 
+impl XdpFilter {
+    /// Runs the program `repeat` times on `frame` in the kernel (BPF_PROG_TEST_RUN, receive queue
+    /// 0, no interface): its return code (XDP_DROP is 1, XDP_REDIRECT 4; a frame kept for an
+    /// AF_XDP socket that is not registered is dropped and counted as `redirect_failed`) and the
+    /// kernel's measured mean time per run in nanoseconds. The program's maps and counters are
+    /// used and updated as for a received frame.
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<(u32, u32), LiveError> {
+        use std::os::fd::AsFd;
+        let prog: &Xdp = self
+            .ebpf
+            .program(capture_ebpf::PROGRAM_NAME)
+            .ok_or_else(|| err(&self.iface, "test run", "program missing"))?
+            .try_into()
+            .map_err(|e| err(&self.iface, "test run", e))?;
+        let fd = prog.fd().map_err(|e| err(&self.iface, "test run", e))?.as_fd().as_raw_fd();
+        /// The `test` member of `union bpf_attr` (linux/bpf.h), up to `flags`.
+        #[repr(C)]
+        #[derive(Default)]
+        struct TestRun {
+            prog_fd: u32,
+            retval: u32,
+            data_size_in: u32,
+            data_size_out: u32,
+            data_in: u64,
+            data_out: u64,
+            repeat: u32,
+            duration: u32,
+            ctx_size_in: u32,
+            ctx_size_out: u32,
+            ctx_in: u64,
+            ctx_out: u64,
+            flags: u32,
+            cpu: u32,
+        }
+        const BPF_PROG_TEST_RUN: libc::c_long = 10;
+        let mut attr = TestRun {
+            prog_fd: fd as u32,
+            data_size_in: frame.len() as u32,
+            data_in: frame.as_ptr() as u64,
+            repeat,
+            ..Default::default()
+        };
+        // SAFETY: `attr` is a valid, zero-padded prefix of union bpf_attr for this command and
+        // lives across the call; the kernel reads `frame` (data_size_in bytes) and writes back
+        // only `retval` and `duration` (no output buffer is given).
+        let r = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestRun, std::mem::size_of::<TestRun>())
+        };
+        if r != 0 {
+            return Err(err(&self.iface, "BPF_PROG_TEST_RUN", std::io::Error::last_os_error()));
+        }
+        Ok((attr.retval, attr.duration))
+    }
+}
+
 /// (slot, name) of every verdict counter, for reports.
 pub fn counter_names() -> Vec<(usize, &'static str)> {
     Counter::ALL.iter().map(|&c| (c as usize, c.name())).collect()
@@ -165,18 +255,43 @@ fn attach_error(iface: &str, e: aya::programs::ProgramError) -> LiveError {
     }
 }
 
+/// A poisoned lock only means another reader panicked mid-update; the maps stay usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The kernel's table of media endpoints of calls in progress. Cloned into each reader thread, which
 /// adds an endpoint the moment it parses the SDP that announces it (media may follow within a
 /// millisecond); the lock is taken only for those rare SIP-driven changes, never per packet.
+///
+/// With the table it keeps the program's set of media ports (`ports` entry
+/// [`capture_ebpf::PORTS_MEDIA_KNOWN`]): a port is in the set exactly while some endpoint this map
+/// added, and has not removed, uses it. A port stays in the set for an endpoint the kernel's LRU
+/// evicted on its own, which only costs the program a hash lookup that finds nothing.
 #[derive(Clone)]
 pub struct MediaMap {
     iface: String,
-    map: Arc<Mutex<HashMap<MapData, MediaKey, MediaVal>>>,
-    /// Endpoints added minus endpoints removed, kept here so that reporting the size does not walk
-    /// the kernel map (one syscall per key) under the lock the readers need. The LRU's own
-    /// evictions are not seen, so this is an upper bound.
+    inner: Arc<Mutex<MediaInner>>,
+    /// Endpoints added minus endpoints removed, kept here so that reporting the size does not take
+    /// the lock the readers need. The LRU's own evictions are not seen, so this is an upper bound.
     count: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+struct MediaInner {
+    map: HashMap<MapData, MediaKey, MediaVal>,
+    ports: Arc<Mutex<Array<MapData, PortSet>>>,
+    /// Endpoints added and not removed.
+    known: HashSet<MediaKey>,
+    /// For each port in `set`, how many of `known` use it.
+    port_refs: std::collections::HashMap<u16, u32>,
+    /// What `ports` entry PORTS_MEDIA_KNOWN holds.
+    set: Box<PortSet>,
+    /// Endpoints whose removal found media still flowing; tried again by
+    /// [`MediaMap::retry_lingering`].
+    lingering: Vec<(MediaKey, std::time::Duration)>,
+}
+
+type HashSet<K> = std::collections::HashSet<K>;
 
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -185,37 +300,108 @@ fn monotonic_ns() -> u64 {
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+impl MediaInner {
+    /// Writes the port set to the kernel after one of its bits changed. The kernel copies the
+    /// 8 KiB value over the old one while the program may be reading it; only the changed byte
+    /// differs between the two, so a concurrent packet sees every other port as before.
+    fn write_set(&self, iface: &str) -> Result<(), LiveError> {
+        lock(&self.ports)
+            .set(capture_ebpf::PORTS_MEDIA_KNOWN, *self.set, 0)
+            .map_err(|e| err(iface, "updating the media port set", e))
+    }
+
+    /// Removes `key` if the program matched no packet for it within `grace`; false if it is
+    /// still in use.
+    fn remove_if_idle(&mut self, iface: &str, key: &MediaKey, grace: std::time::Duration) -> bool {
+        if let Ok(v) = self.map.get(key, 0)
+            && monotonic_ns().saturating_sub(v.last_ns) < grace.as_nanos() as u64
+        {
+            return false;
+        }
+        // An endpoint that is not in the kernel map (evicted by the LRU) is fine.
+        let _ = self.map.remove(key);
+        if self.known.remove(key)
+            && let Some(n) = self.port_refs.get_mut(&key.port)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.port_refs.remove(&key.port);
+                self.set.remove(key.port);
+                if let Err(e) = self.write_set(iface) {
+                    // The port stays in the kernel's set: the program then looks the hash up for
+                    // it, which finds nothing. Nothing is lost; say so once per failure.
+                    eprintln!("callrec: warning: {e}");
+                }
+            }
+        }
+        true
+    }
+}
+
 impl MediaMap {
     pub fn add(&self, ip: IpAddr, port: u16) -> Result<(), LiveError> {
         let key = MediaKey::new(ip, port);
-        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let new = m.get(&key, 0).is_err();
-        m.insert(key, MediaVal { last_ns: monotonic_ns() }, 0)
-            .map_err(|e| err(&self.iface, "adding a media endpoint", e))?;
-        if new {
+        let mut m = lock(&self.inner);
+        // A new call on an endpoint whose removal was waiting for its media to stop: it stays.
+        m.lingering.retain(|(k, _)| *k != key);
+        // The port goes into the set before the endpoint into the hash: a packet that finds the
+        // endpoint always finds its port.
+        if !m.known.contains(&key) {
+            let refs = m.port_refs.entry(port).or_insert(0);
+            *refs += 1;
+            if *refs == 1 {
+                m.set.insert(port);
+                if let Err(e) = m.write_set(&self.iface) {
+                    m.set.remove(port);
+                    m.port_refs.remove(&port);
+                    return Err(e);
+                }
+            }
+            m.known.insert(key);
             self.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        Ok(())
+        m.map
+            .insert(key, MediaVal { last_ns: monotonic_ns() }, 0)
+            .map_err(|e| err(&self.iface, "adding a media endpoint", e))
     }
 
     /// Removes an endpoint unless the filter matched a packet for it within `grace` (media still
-    /// flowing, seen on a queue whose reader has not heard of the call's end). An endpoint that is
-    /// not there (evicted by the LRU) is fine.
+    /// flowing, seen on a queue whose reader has not heard of the call's end); such an endpoint is
+    /// tried again by [`MediaMap::retry_lingering`].
     pub fn remove_if_idle(&self, ip: IpAddr, port: u16, grace: std::time::Duration) {
         let key = MediaKey::new(ip, port);
-        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Ok(v) = m.get(&key, 0)
-            && monotonic_ns().saturating_sub(v.last_ns) < grace.as_nanos() as u64
-        {
+        let mut m = lock(&self.inner);
+        if m.remove_if_idle(&self.iface, &key, grace) {
+            self.dec();
+        } else if !m.lingering.iter().any(|(k, _)| *k == key) {
+            m.lingering.push((key, grace));
+        }
+    }
+
+    /// Tries again to remove the endpoints whose media was still flowing when their call was
+    /// released (every half second from the readers), so that one stream that outlives its
+    /// call's BYE does not stay in the kernel's tables for good.
+    pub fn retry_lingering(&self) {
+        let mut m = lock(&self.inner);
+        if m.lingering.is_empty() {
             return;
         }
-        if m.remove(&key).is_ok() {
-            let _ = self.count.fetch_update(
-                std::sync::atomic::Ordering::Relaxed,
-                std::sync::atomic::Ordering::Relaxed,
-                |n| Some(n.saturating_sub(1)),
-            );
-        }
+        let mut waiting = std::mem::take(&mut m.lingering);
+        waiting.retain(|(key, grace)| {
+            let gone = m.remove_if_idle(&self.iface, key, *grace);
+            if gone {
+                self.dec();
+            }
+            !gone
+        });
+        m.lingering = waiting;
+    }
+
+    fn dec(&self) {
+        let _ =
+            self.count.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(1))
+            });
     }
 
     /// Endpoints in the kernel map (an upper bound; see `count`).

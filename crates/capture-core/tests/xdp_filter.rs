@@ -1,0 +1,134 @@
+//! The XDP filter's verdicts on frames run through the kernel with BPF_PROG_TEST_RUN (no interface,
+//! no traffic): which UDP it keeps as media as endpoints come and go, in particular the media port
+//! set that userspace keeps with the endpoint hash (a port shared by two endpoints stays until
+//! both are gone; an endpoint still carrying media at its call's end is removed once it falls
+//! idle, unless a new call takes it first).
+//!
+//! Needs root (loading BPF programs). When not root it fails saying so;
+//! CALLREC_SKIP_ROOT_TESTS=1 opts out explicitly.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use capture_core::live::xdp::XdpFilter;
+use capture_core::synth::{Flow, udp_frame};
+use capture_ebpf::Counter;
+
+fn root_or_skip() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CALLREC_SKIP_ROOT_TESTS").is_some() {
+        eprintln!("SKIPPED: not root and CALLREC_SKIP_ROOT_TESTS is set");
+        return false;
+    }
+    panic!(
+        "this test needs root (loading BPF programs): run `sudo -E cargo test`, or set CALLREC_SKIP_ROOT_TESTS=1 to skip it"
+    );
+}
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
+}
+
+fn frame(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Vec<u8> {
+    udp_frame(&Flow { src, dst, sport, dport }, &[0x80; 172])
+}
+
+/// Runs `f` once and says whether the filter kept it as media (its `passed_media` counter moved).
+/// Kept frames are dropped here after all (no AF_XDP socket is registered), so the return code is
+/// XDP_DROP either way.
+fn kept_as_media(x: &XdpFilter, f: &[u8]) -> bool {
+    let before = x.counters()[Counter::PassMedia as usize];
+    let (ret, _) = x.test_run(f, 1).expect("test run");
+    assert_eq!(ret, 1, "XDP_DROP: no socket to redirect to, or not kept");
+    x.counters()[Counter::PassMedia as usize] - before == 1
+}
+
+#[test]
+fn media_port_set_follows_the_endpoints() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut x = XdpFilter::load_detached().expect("load the XDP program");
+    x.set_sip_ports(&[5060]).unwrap();
+    let m = x.media();
+    let to_a = frame(ip(9), 7000, ip(1), 4000);
+    let to_b = frame(ip(9), 7000, ip(2), 4000);
+    let from_a = frame(ip(1), 4000, ip(9), 7000);
+    let noise = frame(ip(9), 7000, ip(3), 4000);
+    assert!(!kept_as_media(&x, &to_a), "nothing registered yet");
+
+    m.add(ip(1), 4000).unwrap();
+    m.add(ip(2), 4000).unwrap();
+    m.add(ip(1), 4000).unwrap(); // twice: counted once
+    assert_eq!(m.len(), 2);
+    assert!(kept_as_media(&x, &to_a));
+    assert!(kept_as_media(&x, &from_a), "matched by source as well");
+    assert!(kept_as_media(&x, &to_b));
+    assert!(!kept_as_media(&x, &noise), "same port, address of no call");
+    let dropped = x.counters()[Counter::DropOther as usize];
+    assert!(dropped >= 2, "unregistered frames counted as dropped: {dropped}");
+
+    // A is idle (grace 0): gone; B shares the port and still matches.
+    m.remove_if_idle(ip(1), 4000, Duration::ZERO);
+    assert!(!kept_as_media(&x, &to_a));
+    assert!(!kept_as_media(&x, &from_a));
+    assert!(kept_as_media(&x, &to_b), "port still used by B");
+    m.remove_if_idle(ip(2), 4000, Duration::ZERO);
+    assert!(!kept_as_media(&x, &to_b));
+    assert_eq!(m.len(), 0);
+
+    // Re-added after removal: the port is back in the set.
+    m.add(ip(1), 4000).unwrap();
+    assert!(kept_as_media(&x, &to_a));
+    m.remove_if_idle(ip(1), 4000, Duration::ZERO);
+    assert!(!kept_as_media(&x, &to_a));
+}
+
+#[test]
+fn endpoint_with_media_at_call_end_is_removed_once_idle() {
+    if !root_or_skip() {
+        return;
+    }
+    let x = XdpFilter::load_detached().expect("load the XDP program");
+    let m = x.media();
+    let to_a = frame(ip(9), 7000, ip(1), 4002);
+    let grace = Duration::from_millis(300);
+
+    m.add(ip(1), 4002).unwrap();
+    assert!(kept_as_media(&x, &to_a)); // media just flowed
+    m.remove_if_idle(ip(1), 4002, grace);
+    assert!(kept_as_media(&x, &to_a), "still flowing: kept for now");
+    m.retry_lingering();
+    assert!(kept_as_media(&x, &to_a), "still within its grace");
+    std::thread::sleep(grace + Duration::from_millis(100));
+    m.retry_lingering();
+    assert!(!kept_as_media(&x, &to_a), "idle for longer than its grace: removed");
+    assert_eq!(m.len(), 0);
+
+    // Taken by a new call while its removal waited: it stays.
+    m.add(ip(1), 4002).unwrap();
+    assert!(kept_as_media(&x, &to_a));
+    m.remove_if_idle(ip(1), 4002, grace);
+    m.add(ip(1), 4002).unwrap();
+    std::thread::sleep(grace + Duration::from_millis(100));
+    m.retry_lingering();
+    assert!(kept_as_media(&x, &to_a), "a new call holds it");
+    assert_eq!(m.len(), 1);
+}
+
+/// The mean time per run the kernel reports is there and plausible (the bench relies on it).
+#[test]
+fn test_run_reports_time_per_run() {
+    if !root_or_skip() {
+        return;
+    }
+    let x = XdpFilter::load_detached().expect("load the XDP program");
+    let noise = frame(ip(9), 7000, ip(3), 4000);
+    let (ret, ns) = x.test_run(&noise, 10_000).unwrap();
+    assert_eq!(ret, 1);
+    assert!(ns > 0 && ns < 100_000, "{ns} ns per run");
+    assert!(x.counters()[Counter::DropOther as usize] >= 10_000);
+}
