@@ -1,6 +1,8 @@
 //! Loads callrec's XDP filter (capture-ebpf) onto an interface with aya and gives userspace its
-//! maps: the signalling port set, the static media range, the media endpoints of calls in progress,
-//! the AF_XDP socket map and the per-CPU verdict counters. Dropping the filter detaches it.
+//! maps: the signalling port set, the static media range, the media endpoints of calls in progress
+//! (with the set of their ports), the AF_XDP socket map and the per-CPU verdict counters. Dropping
+//! the filter detaches it. Loaded without an interface, it runs on frames in memory
+//! ([`XdpFilter::test_run`]) for tests and benches.
 
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
@@ -199,7 +201,7 @@ impl XdpFilter {
             .try_into()
             .map_err(|e| err(&self.iface, "test run", e))?;
         let fd = prog.fd().map_err(|e| err(&self.iface, "test run", e))?.as_fd().as_raw_fd();
-        /// The `test` member of `union bpf_attr` (linux/bpf.h), up to `flags`.
+        /// The `test` member of `union bpf_attr` (linux/bpf.h), up to `cpu`.
         #[repr(C)]
         #[derive(Default)]
         struct TestRun {
