@@ -32,6 +32,8 @@ pub struct LiveOpts {
     pub workers: u32,
     /// Background frames after every call frame (0: the mirror carries only the calls).
     pub noise: u32,
+    /// Send into the mirror port's cable (the switch's `cap0`) instead of from phone A.
+    pub inject_mirror: bool,
     pub work: PathBuf,
     pub callrec: PathBuf,
     pub generator: PathBuf,
@@ -188,10 +190,11 @@ fn one_run(rig: &Rig, o: &LiveOpts, mode: &str, calls: u32, flat_out: bool) -> R
     let cpu0 = cpu_times();
     let rcpu0 = pid.as_deref().and_then(cpu_seconds).unwrap_or(0.0);
     let t0 = Instant::now();
-    let mut sender = rig.in_ns("a", &o.generator);
+    let (ns, iface) = if o.inject_mirror { ("sw", "cap0") } else { ("a", "eth0") };
+    let mut sender = rig.in_ns(ns, &o.generator);
     sender.args([
         "send",
-        "eth0",
+        iface,
         "--calls",
         &calls.to_string(),
         "--duration",
@@ -321,6 +324,6 @@ pub fn run(o: &LiveOpts) -> Result<Value> {
         }
     }
     Ok(
-        json!({"bench": "live", "duration_s": o.duration, "ramp_s": o.ramp, "workers": o.workers, "ceiling": ceiling, "runs": runs}),
+        json!({"bench": "live", "inject": if o.inject_mirror { "mirror" } else { "phone" }, "duration_s": o.duration, "ramp_s": o.ramp, "workers": o.workers, "ceiling": ceiling, "runs": runs}),
     )
 }

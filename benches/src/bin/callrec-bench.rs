@@ -127,6 +127,12 @@ enum Cmd {
         /// Background frames (not SIP, not RTP) after every call frame, as on a busy mirror port.
         #[arg(long, default_value_t = 0)]
         noise: u32,
+        /// Where the generator sends: `phone` (phone A's interface: the switch forwards and
+        /// mirrors every frame, as on a real SPAN port) or `mirror` (straight into the mirror
+        /// port's cable, the switch left out: the same frames reach the recorder for about half
+        /// the generator's kernel work, so the rig can offer more).
+        #[arg(long, default_value = "phone", value_parser = ["phone", "mirror"])]
+        inject: String,
         #[arg(long, default_value = "/var/tmp/callrec-bench-live")]
         work: PathBuf,
         /// Where the JSON result goes (also printed).
@@ -191,7 +197,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Memory { calls, duration, ramp, dir } => measure::memory_bench(calls, duration, ramp, &dir)?,
         Cmd::Flood { invites, stray_rtp, max_calls } => measure::flood_bench(invites, stray_rtp, max_calls)?,
-        Cmd::Live { loads, modes, duration, ramp, workers, noise, work, out } => {
+        Cmd::Live { loads, modes, duration, ramp, workers, noise, inject, work, out } => {
             let bin = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
             let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default();
             let opts = live::LiveOpts {
@@ -201,6 +207,7 @@ fn run(cli: Cli) -> Result<()> {
                 ramp,
                 workers,
                 noise,
+                inject_mirror: inject == "mirror",
                 work,
                 callrec: bin.join("callrec"),
                 generator: bin.join("callrec-gen"),
