@@ -63,4 +63,6 @@ if want live; then
   # A busy mirror port: two background frames per call frame.
   run $bin/callrec-bench live --loads 500,1000,1500,2000 --noise 2 --workers 2 --out "$out/live-noise2-w2.json" >/dev/null
   run $bin/callrec-bench plot "$out/live-noise2-w2.json" "$out/loss-noise.svg"
+  # The switch left out: frames sent straight into the mirror port's cable (a higher ceiling).
+  run $bin/callrec-bench live --loads 4000,5000,6000,7000 --inject mirror --workers 2 --out "$out/live-inject-mirror.json" >/dev/null
 fi
