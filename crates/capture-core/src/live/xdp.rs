@@ -11,6 +11,7 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray, XskMap};
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use capture_ebpf::{Counter, MediaKey, MediaVal, PortSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use super::LiveError;
@@ -105,7 +106,6 @@ impl XdpFilter {
                 set: Box::default(),
                 lingering: Vec::new(),
             })),
-            count: Arc::default(),
         };
         let counters = PerCpuArray::try_from(take(&mut ebpf, capture_ebpf::MAP_COUNTERS)?)
             .map_err(|e| err(iface, "counters", e))?;
@@ -274,15 +274,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct MediaMap {
     iface: String,
     inner: Arc<Mutex<MediaInner>>,
-    /// Endpoints added minus endpoints removed, kept here so that reporting the size does not take
-    /// the lock the readers need. The LRU's own evictions are not seen, so this is an upper bound.
-    count: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 struct MediaInner {
     map: HashMap<MapData, MediaKey, MediaVal>,
     ports: Arc<Mutex<Array<MapData, PortSet>>>,
-    /// Endpoints added and not removed.
+    /// Endpoints added and not removed (the LRU's own evictions are not seen here).
     known: HashSet<MediaKey>,
     /// For each port in `set`, how many of `known` use it.
     port_refs: std::collections::HashMap<u16, u32>,
@@ -292,8 +289,6 @@ struct MediaInner {
     /// [`MediaMap::retry_lingering`].
     lingering: Vec<(MediaKey, std::time::Duration)>,
 }
-
-type HashSet<K> = std::collections::HashSet<K>;
 
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -360,7 +355,6 @@ impl MediaMap {
                 }
             }
             m.known.insert(key);
-            self.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         m.map
             .insert(key, MediaVal { last_ns: monotonic_ns() }, 0)
@@ -373,9 +367,7 @@ impl MediaMap {
     pub fn remove_if_idle(&self, ip: IpAddr, port: u16, grace: std::time::Duration) {
         let key = MediaKey::new(ip, port);
         let mut m = lock(&self.inner);
-        if m.remove_if_idle(&self.iface, &key, grace) {
-            self.dec();
-        } else if !m.lingering.iter().any(|(k, _)| *k == key) {
+        if !m.remove_if_idle(&self.iface, &key, grace) && !m.lingering.iter().any(|(k, _)| *k == key) {
             m.lingering.push((key, grace));
         }
     }
@@ -389,26 +381,15 @@ impl MediaMap {
             return;
         }
         let mut waiting = std::mem::take(&mut m.lingering);
-        waiting.retain(|(key, grace)| {
-            let gone = m.remove_if_idle(&self.iface, key, *grace);
-            if gone {
-                self.dec();
-            }
-            !gone
-        });
+        waiting.retain(|(key, grace)| !m.remove_if_idle(&self.iface, key, *grace));
         m.lingering = waiting;
     }
 
-    fn dec(&self) {
-        let _ =
-            self.count.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |n| {
-                Some(n.saturating_sub(1))
-            });
-    }
-
-    /// Endpoints in the kernel map (an upper bound; see `count`).
+    /// Endpoints added and not removed: an upper bound on those in the kernel map, whose LRU may
+    /// have evicted some. Takes the readers' lock, which they hold only for SIP-driven changes;
+    /// the status report asks once a second.
     pub fn len(&self) -> usize {
-        self.count.load(std::sync::atomic::Ordering::Relaxed)
+        lock(&self.inner).known.len()
     }
 
     pub fn is_empty(&self) -> bool {
