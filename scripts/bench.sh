@@ -65,4 +65,8 @@ if want live; then
   run $bin/callrec-bench plot "$out/live-noise2-w2.json" "$out/loss-noise.svg"
   # The switch left out: frames sent straight into the mirror port's cable (a higher ceiling).
   run $bin/callrec-bench live --loads 4000,5000,6000,7000 --inject mirror --workers 2 --out "$out/live-inject-mirror.json" >/dev/null
+  # The mirror port fed XDP frames by an in-kernel sender, as a NIC's driver would (no skb, no
+  # veth copy on the sender's core): the rig's highest ceiling.
+  run $bin/callrec-bench live --loads 5000,6000,8000,10000 --inject xdp --workers 2 --out "$out/live-inject-xdp.json" >/dev/null
+  run $bin/callrec-bench plot "$out/live-inject-xdp.json" "$out/loss-inject-xdp.svg"
 fi

@@ -6,6 +6,7 @@
 //! - [`measure`]: process CPU, memory and interface counters, read from `/proc` and `/sys`.
 //! - [`plot`]: the loss-against-offered-load chart for `docs/BENCHMARKS.md`.
 //! - [`xdpbench`]: the XDP filter's kernel time per frame, run on frames in memory.
+//! - [`xdpgen`]: an in-kernel sender (BPF live frames) that hands the mirror port XDP frames, as a NIC would.
 //!
 //! The binaries `callrec-gen` and `callrec-bench` drive them; `cargo xtask bench` runs the lot.
 
@@ -18,3 +19,4 @@ pub mod send;
 pub mod stages;
 pub mod traffic;
 pub mod xdpbench;
+pub mod xdpgen;

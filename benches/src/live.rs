@@ -32,8 +32,10 @@ pub struct LiveOpts {
     pub workers: u32,
     /// Background frames after every call frame (0: the mirror carries only the calls).
     pub noise: u32,
-    /// Send into the mirror port's cable (the switch's `cap0`) instead of from phone A.
-    pub inject_mirror: bool,
+    /// Where the generator sends: "phone" (phone A's interface, mirrored by the switch),
+    /// "mirror" (into the mirror port's cable, the switch's `cap0`, through a packet socket) or
+    /// "xdp" (into the same cable as XDP frames, see [`crate::xdpgen`]).
+    pub inject: String,
     pub work: PathBuf,
     pub callrec: PathBuf,
     pub generator: PathBuf,
@@ -190,7 +192,7 @@ fn one_run(rig: &Rig, o: &LiveOpts, mode: &str, calls: u32, flat_out: bool) -> R
     let cpu0 = cpu_times();
     let rcpu0 = pid.as_deref().and_then(cpu_seconds).unwrap_or(0.0);
     let t0 = Instant::now();
-    let (ns, iface) = if o.inject_mirror { ("sw", "cap0") } else { ("a", "eth0") };
+    let (ns, iface) = if o.inject == "phone" { ("a", "eth0") } else { ("sw", "cap0") };
     let mut sender = rig.in_ns(ns, &o.generator);
     sender.args([
         "send",
@@ -204,6 +206,9 @@ fn one_run(rig: &Rig, o: &LiveOpts, mode: &str, calls: u32, flat_out: bool) -> R
     ]);
     if flat_out {
         sender.arg("--flat-out");
+    }
+    if o.inject == "xdp" {
+        sender.args(["--xdp", "--batch", "256"]);
     }
     if o.noise > 0 {
         sender.args(["--noise", &o.noise.to_string()]);
@@ -305,6 +310,15 @@ pub fn run(o: &LiveOpts) -> Result<Value> {
     }
     std::fs::create_dir_all(&o.work)?;
     let rig = Rig::up(&o.rig_script)?;
+    if o.inject == "xdp" {
+        // XDP frames sent into a veth reach its peer only if that runs an XDP program or has
+        // GRO on (then veth's NAPI builds skbs from them for the packet sockets).
+        let e = Command::new("ip")
+            .args(["netns", "exec", &rig.ns("cap"), "ethtool", "-K", "mirror0", "gro", "on"])
+            .output()
+            .context("cannot run ethtool (run scripts/setup.sh)")?;
+        ensure!(e.status.success(), "ethtool -K mirror0 gro on: {}", String::from_utf8_lossy(&e.stderr));
+    }
     let mut runs = Vec::new();
     // The rig's ceiling: the generator flat out, nothing recording.
     let top = *o.loads.iter().max().unwrap_or(&1000);
@@ -324,6 +338,6 @@ pub fn run(o: &LiveOpts) -> Result<Value> {
         }
     }
     Ok(
-        json!({"bench": "live", "inject": if o.inject_mirror { "mirror" } else { "phone" }, "duration_s": o.duration, "ramp_s": o.ramp, "workers": o.workers, "ceiling": ceiling, "runs": runs}),
+        json!({"bench": "live", "inject": o.inject, "duration_s": o.duration, "ramp_s": o.ramp, "workers": o.workers, "ceiling": ceiling, "runs": runs}),
     )
 }

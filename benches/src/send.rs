@@ -35,6 +35,11 @@ pub struct SendReport {
     pub send_errors: u64,
     /// Frames of background traffic (not SIP, not RTP) sent besides the calls.
     pub noise_sent: u64,
+    /// How frames were sent: "packet-socket" (sendmmsg) or "xdp-live-frames" (see [`crate::xdpgen`]).
+    pub sender: &'static str,
+    /// Frames the cable's far end refused (its `tx_dropped` grew by this): counted as sent, so
+    /// they count as lost.
+    pub xmit_drops: u64,
 }
 
 /// A background frame: UDP to a syslog-like port from an address no call uses, RTP-sized, so a
@@ -153,15 +158,40 @@ impl Drop for RawSocket {
     }
 }
 
-/// Plays `w` onto `iface`.
-/// Plays `w` onto `iface`, with `noise` background frames after every call frame.
-pub fn play(iface: &str, mut w: Workload, flat_out: bool, batch: usize, noise: u32) -> Result<SendReport> {
-    let batch = batch.clamp(1, 1024);
+/// Where frames go: a packet socket, or the in-kernel sender.
+enum Tx {
+    Socket(RawSocket),
+    Xdp(crate::xdpgen::XdpSender),
+}
+
+impl Tx {
+    /// Sends every frame; returns (retries, errors).
+    fn send_all(&mut self, frames: &[Vec<u8>], lens: &[usize]) -> Result<(u64, u64)> {
+        match self {
+            Tx::Socket(s) => Ok(s.send_all(frames, lens)),
+            Tx::Xdp(x) => Ok((0, x.send(frames.iter().zip(lens).map(|(f, &l)| &f[..l]))?)),
+        }
+    }
+}
+
+fn tx_dropped(iface: &str) -> u64 {
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/statistics/tx_dropped"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Plays `w` onto `iface`, with `noise` background frames after every call frame, through a
+/// packet socket or (`xdp`) the in-kernel sender.
+pub fn play(iface: &str, mut w: Workload, flat_out: bool, batch: usize, noise: u32, xdp: bool) -> Result<SendReport> {
+    let batch = batch.clamp(1, if xdp { crate::xdpgen::SLOTS / 2 } else { 1024 });
     let mac = mac_of(iface)?;
     w.src_mac = mac;
     w.dst_mac = mac;
-    let sock = RawSocket::bind(iface)?;
+    let mut tx = if xdp { Tx::Xdp(crate::xdpgen::XdpSender::new(iface)?) } else { Tx::Socket(RawSocket::bind(iface)?) };
+    let dropped_before = tx_dropped(iface);
     let mut rep = SendReport {
+        sender: if xdp { "xdp-live-frames" } else { "packet-socket" },
         iface: iface.into(),
         calls: w.calls,
         concurrency: w.concurrency(),
@@ -215,12 +245,13 @@ pub fn play(iface: &str, mut w: Workload, flat_out: bool, batch: usize, noise: u
                 k += 1;
             }
         }
-        let (r, e) = sock.send_all(&bufs[..k], &lens[..k]);
+        let (r, e) = tx.send_all(&bufs[..k], &lens[..k])?;
         rep.send_retries += r;
         rep.send_errors += e;
         rep.frames_sent += k as u64 - e;
     }
     rep.seconds = start.elapsed().as_secs_f64();
+    rep.xmit_drops = tx_dropped(iface).saturating_sub(dropped_before);
     rep.pps = rep.frames_sent as f64 / rep.seconds.max(1e-9);
     rep.max_lag_ms = max_lag.as_secs_f64() * 1e3;
     Ok(rep)

@@ -130,8 +130,10 @@ enum Cmd {
         /// Where the generator sends: `phone` (phone A's interface: the switch forwards and
         /// mirrors every frame, as on a real SPAN port) or `mirror` (straight into the mirror
         /// port's cable, the switch left out: the same frames reach the recorder for about half
-        /// the generator's kernel work, so the rig can offer more).
-        #[arg(long, default_value = "phone", value_parser = ["phone", "mirror"])]
+        /// the generator's kernel work, so the rig can offer more) or `xdp` (into the cable as XDP
+        /// frames from an in-kernel sender, so the mirror port receives them as from a NIC's
+        /// driver: no skb, no veth copy; the mirror port gets GRO on for every mode).
+        #[arg(long, default_value = "phone", value_parser = ["phone", "mirror", "xdp"])]
         inject: String,
         #[arg(long, default_value = "/var/tmp/callrec-bench-live")]
         work: PathBuf,
@@ -207,7 +209,7 @@ fn run(cli: Cli) -> Result<()> {
                 ramp,
                 workers,
                 noise,
-                inject_mirror: inject == "mirror",
+                inject,
                 work,
                 callrec: bin.join("callrec"),
                 generator: bin.join("callrec-gen"),

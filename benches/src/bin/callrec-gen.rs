@@ -1,7 +1,7 @@
 //! `callrec-gen`: writes generated call traffic to a pcap file, or plays it onto an interface.
 //!
 //!     callrec-gen pcap OUT.pcap --calls 1000 --duration 30 [--ramp 1] [--dtmf-every 10]
-//!     callrec-gen send IFACE --calls 5000 --duration 20 [--ramp 2] [--flat-out] [--noise N]
+//!     callrec-gen send IFACE --calls 5000 --duration 20 [--ramp 2] [--flat-out] [--noise N] [--xdp]
 //!
 //! `send` paces frames by their timestamps (real time) unless `--flat-out`, which sends as fast as
 //! the socket takes them to measure the rig's ceiling. It prints one JSON object: frames sent,
@@ -70,6 +70,11 @@ enum Cmd {
         /// Background frames (UDP to port 5140, not SIP, not RTP) sent after every call frame.
         #[arg(long, default_value_t = 0)]
         noise: u32,
+        /// Hand the frames to the kernel as XDP frames (BPF_PROG_TEST_RUN live frames, redirected
+        /// to IFACE), as a NIC's driver would, instead of as skbs from a packet socket. IFACE's
+        /// peer must take XDP frames (an XDP program attached, or GRO on). Batches up to 512.
+        #[arg(long)]
+        xdp: bool,
     },
 }
 
@@ -108,9 +113,9 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Send { iface, shape, flat_out, batch, noise } => {
+        Cmd::Send { iface, shape, flat_out, batch, noise, xdp } => {
             let w = shape.workload()?;
-            let report = send::play(&iface, w, flat_out, batch, noise)?;
+            let report = send::play(&iface, w, flat_out, batch, noise, xdp)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }

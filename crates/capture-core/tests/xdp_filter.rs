@@ -15,17 +15,7 @@ use capture_core::synth::{Flow, udp_frame};
 use capture_ebpf::Counter;
 
 fn root_or_skip() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CALLREC_SKIP_ROOT_TESTS").is_some() {
-        eprintln!("SKIPPED: not root and CALLREC_SKIP_ROOT_TESTS is set");
-        return false;
-    }
-    panic!(
-        "this test needs root (loading BPF programs): run `sudo -E cargo test`, or set CALLREC_SKIP_ROOT_TESTS=1 to skip it"
-    );
+    capture_core::live::root_or_skip("loading BPF programs")
 }
 
 fn ip(last: u8) -> IpAddr {

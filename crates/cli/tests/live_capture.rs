@@ -19,20 +19,7 @@ use common::*;
 use serde_json::Value;
 
 fn root_or_skip() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false);
-    if root {
-        return true;
-    }
-    if std::env::var_os("CALLREC_SKIP_ROOT_TESTS").is_some() {
-        eprintln!("SKIPPED: not root and CALLREC_SKIP_ROOT_TESTS is set");
-        return false;
-    }
-    panic!(
-        "this test needs root (network namespaces, XDP): run `sudo -E cargo test`, or set CALLREC_SKIP_ROOT_TESTS=1 to skip it"
-    );
+    capture_core::live::root_or_skip("network namespaces, XDP")
 }
 
 fn rig_script() -> PathBuf {

@@ -9,23 +9,10 @@ use std::process::Command;
 
 use common::*;
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
-}
-
 #[test]
 fn sipp_calls_through_namespaces_are_recorded() {
-    if !is_root() {
-        if std::env::var_os("CALLREC_SKIP_ROOT_TESTS").is_some() {
-            eprintln!("SKIPPED: not root and CALLREC_SKIP_ROOT_TESTS is set");
-            return;
-        }
-        panic!(
-            "this test needs root (network namespaces): run `sudo -E cargo test`, or set CALLREC_SKIP_ROOT_TESTS=1 to skip it"
-        );
+    if !capture_core::live::root_or_skip("network namespaces") {
+        return;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/sipp-calls.sh");
     let t = TestStore::new();

@@ -151,6 +151,23 @@ pub fn missing_caps(needed: &[&str]) -> String {
     }
 }
 
+/// For tests that need root (network namespaces, BPF, XDP): true when this process runs as root.
+/// Otherwise the test must not pass silently: this panics with how to run it (`needs` says what
+/// for), unless `CALLREC_SKIP_ROOT_TESTS` is set, which opts out explicitly (returns false and
+/// says so on stderr).
+#[doc(hidden)]
+pub fn root_or_skip(needs: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CALLREC_SKIP_ROOT_TESTS").is_some() {
+        eprintln!("SKIPPED: not root and CALLREC_SKIP_ROOT_TESTS is set");
+        return false;
+    }
+    panic!("this test needs root ({needs}): run `sudo -E cargo test`, or set CALLREC_SKIP_ROOT_TESTS=1 to skip it");
+}
+
 /// The interface index of `iface`.
 pub fn ifindex(iface: &str) -> Result<u32, LiveError> {
     let name = std::ffi::CString::new(iface).map_err(|_| LiveError::NoInterface { iface: iface.to_string() })?;

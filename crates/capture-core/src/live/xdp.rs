@@ -201,44 +201,65 @@ impl XdpFilter {
             .try_into()
             .map_err(|e| err(&self.iface, "test run", e))?;
         let fd = prog.fd().map_err(|e| err(&self.iface, "test run", e))?.as_fd().as_raw_fd();
-        /// The `test` member of `union bpf_attr` (linux/bpf.h), up to `cpu`.
-        #[repr(C)]
-        #[derive(Default)]
-        struct TestRun {
-            prog_fd: u32,
-            retval: u32,
-            data_size_in: u32,
-            data_size_out: u32,
-            data_in: u64,
-            data_out: u64,
-            repeat: u32,
-            duration: u32,
-            ctx_size_in: u32,
-            ctx_size_out: u32,
-            ctx_in: u64,
-            ctx_out: u64,
-            flags: u32,
-            cpu: u32,
-        }
-        const BPF_PROG_TEST_RUN: libc::c_long = 10;
-        let mut attr = TestRun {
-            prog_fd: fd as u32,
-            data_size_in: frame.len() as u32,
-            data_in: frame.as_ptr() as u64,
-            repeat,
-            ..Default::default()
-        };
-        // SAFETY: `attr` is a valid, zero-padded prefix of union bpf_attr for this command and
-        // lives across the call; the kernel reads `frame` (data_size_in bytes) and writes back
-        // only `retval` and `duration` (no output buffer is given).
-        let r = unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestRun, std::mem::size_of::<TestRun>())
-        };
-        if r != 0 {
-            return Err(err(&self.iface, "BPF_PROG_TEST_RUN", std::io::Error::last_os_error()));
-        }
-        Ok((attr.retval, attr.duration))
+        prog_test_run(fd, frame, repeat, 0, 0).map_err(|e| err(&self.iface, "BPF_PROG_TEST_RUN", e))
     }
+}
+
+/// The `test` member of `union bpf_attr` (linux/bpf.h), up to `batch_size`.
+#[repr(C)]
+#[derive(Default)]
+struct TestRun {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    /// Explicit, so that the kernel's check that nothing past `batch_size` is set reads zeros.
+    pad: u32,
+}
+
+/// Runs the loaded program `prog_fd` `repeat` times on `frame` (BPF_PROG_TEST_RUN, no context,
+/// no output buffer) with the command's `flags` and `batch_size` (both 0 for a plain run; the live
+/// bench's sender uses live frames): the program's last return code and the kernel's mean time
+/// per run in nanoseconds.
+#[doc(hidden)]
+pub fn prog_test_run(
+    prog_fd: i32,
+    frame: &[u8],
+    repeat: u32,
+    flags: u32,
+    batch_size: u32,
+) -> std::io::Result<(u32, u32)> {
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    let mut attr = TestRun {
+        prog_fd: prog_fd as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat,
+        flags,
+        batch_size,
+        ..Default::default()
+    };
+    // SAFETY: `attr` is a valid, zero-padded prefix of union bpf_attr for this command and lives
+    // across the call; the kernel reads `frame` (data_size_in bytes) and writes back only
+    // `retval` and `duration` (no output buffer is given).
+    let r = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestRun, std::mem::size_of::<TestRun>())
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((attr.retval, attr.duration))
 }
 
 /// (slot, name) of every verdict counter, for reports.
