@@ -236,7 +236,7 @@ fn one_run(rig: &Rig, o: &LiveOpts, mode: &str, calls: u32, flat_out: bool) -> R
     let mut out = json!({
         "mode": mode, "calls": calls, "flat_out": flat_out,
         "offered_pps": sent["pps"], "steady_pps": w.steady_pps(), "frames_sent": frames_sent, "rtp_sent": rtp_sent,
-        "generator_max_lag_ms": sent["max_lag_ms"], "noise_sent": sent["noise_sent"], "mirror_rx_packets": rx_after.saturating_sub(rx_before),
+        "generator_max_lag_ms": sent["max_lag_ms"], "generator_xmit_drops": sent["xmit_drops"], "noise_sent": sent["noise_sent"], "mirror_rx_packets": rx_after.saturating_sub(rx_before),
         "wall_s": wall, "cpu_busy_percent_per_core": cores,
         "recorder_cpu_s": rcpu1 - rcpu0, "recorder_peak_rss_mib": hwm_mib,
     });
