@@ -122,3 +122,76 @@ fn test_run_reports_time_per_run() {
     assert!(ns > 0 && ns < 100_000, "{ns} ns per run");
     assert!(x.counters()[Counter::DropOther as usize] >= 10_000);
 }
+
+/// IPv4 endpoints are found in the program's direct table (`media4`) when their bucket has room
+/// and in the hash otherwise: nine endpoints of one bucket (eight ways) and an IPv6 one are all
+/// kept, and each removal takes exactly its own endpoint out, wherever it was.
+#[test]
+fn full_media4_bucket_falls_back_to_the_hash() {
+    if !root_or_skip() {
+        return;
+    }
+    let x = XdpFilter::load_detached().expect("load the XDP program");
+    let m = x.media();
+    // Nine (address, port) pairs with the same bucket.
+    let port = 4000;
+    let want = capture_ebpf::ep4_bucket([10, 1, 0, 1], port);
+    let mut same: Vec<Ipv4Addr> = (0u32..4_000_000)
+        .map(|n| Ipv4Addr::from(0x0a01_0000 + n))
+        .filter(|a| capture_ebpf::ep4_bucket(a.octets(), port) == want)
+        .take(9)
+        .collect();
+    assert_eq!(same.len(), 9, "nine addresses sharing a bucket");
+    let v6: IpAddr = "2001:db8::7".parse().unwrap();
+    for a in &same {
+        m.add(IpAddr::V4(*a), port).unwrap();
+    }
+    m.add(v6, port).unwrap();
+    let to = |a: IpAddr| {
+        let from = if a.is_ipv6() { "2001:db8::9".parse().unwrap() } else { ip(9) };
+        frame(from, 7000, a, port)
+    };
+    for a in &same {
+        assert!(kept_as_media(&x, &to(IpAddr::V4(*a))), "{a}: kept");
+    }
+    assert!(kept_as_media(&x, &to(v6)), "IPv6 endpoint kept (hash only)");
+    assert!(!kept_as_media(&x, &to(ip(3))), "no call's address");
+
+    // One from the table, then the one left in the hash: each goes, the others stay.
+    for gone in [same.remove(0), same.pop().unwrap()] {
+        m.remove_if_idle(IpAddr::V4(gone), port, Duration::ZERO);
+        assert!(!kept_as_media(&x, &to(IpAddr::V4(gone))), "{gone}: removed");
+        for a in &same {
+            assert!(kept_as_media(&x, &to(IpAddr::V4(*a))), "{a}: still kept");
+        }
+    }
+    for a in same.drain(..) {
+        m.remove_if_idle(IpAddr::V4(a), port, Duration::ZERO);
+    }
+    m.remove_if_idle(v6, port, Duration::ZERO);
+    assert_eq!(m.len(), 0);
+    assert!(!kept_as_media(&x, &to(v6)));
+}
+
+/// Media matched in the direct table keeps an endpoint in use as much as media matched in the
+/// hash: an endpoint added long ago whose packets still flow lingers at its call's end.
+#[test]
+fn media_seen_in_media4_keeps_the_endpoint() {
+    if !root_or_skip() {
+        return;
+    }
+    let x = XdpFilter::load_detached().expect("load the XDP program");
+    let m = x.media();
+    let to_a = frame(ip(9), 7000, ip(1), 4004);
+    let grace = Duration::from_millis(600);
+    m.add(ip(1), 4004).unwrap();
+    std::thread::sleep(grace + Duration::from_millis(300)); // added longer ago than the grace
+    assert!(kept_as_media(&x, &to_a)); // but media flows
+    m.remove_if_idle(ip(1), 4004, grace);
+    assert!(kept_as_media(&x, &to_a), "still flowing: kept for now");
+    assert_eq!(m.len(), 1);
+    std::thread::sleep(grace + Duration::from_millis(300));
+    m.retry_lingering();
+    assert!(!kept_as_media(&x, &to_a), "idle since: removed");
+    assert_eq!(m.len(), 0);
+}

@@ -2,7 +2,8 @@
 //! build.rs) embedded as an ELF object for aya to load, and the types of the maps it shares with
 //! userspace. The layouts here mirror the C structs field for field.
 
-/// The compiled XDP object (program `callrec_filter`; maps `xsks`, `media`, `ports`, `counters`).
+/// The compiled XDP object (program `callrec_filter`; maps `xsks`, `media`, `media4`, `ports`,
+/// `counters`).
 pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/callrec.bpf.o"));
 
 /// Name of the XDP program in [`PROGRAM`].
@@ -11,6 +12,7 @@ pub const MAP_XSKS: &str = "xsks";
 pub const MAP_MEDIA: &str = "media";
 pub const MAP_PORTS: &str = "ports";
 pub const MAP_COUNTERS: &str = "counters";
+pub const MAP_MEDIA4: &str = "media4";
 
 /// Entries of the `ports` map.
 pub const PORTS_SIP: u32 = 0;
@@ -66,6 +68,35 @@ pub struct MediaVal {
 
 // SAFETY: a single u64.
 unsafe impl aya::Pod for MediaVal {}
+
+/// Buckets of the `media4` map (a power of two) and endpoints per bucket.
+pub const EP4_BITS: u32 = 14;
+pub const EP4_BUCKETS: u32 = 1 << EP4_BITS;
+pub const EP4_WAYS: usize = 8;
+/// `Ep4Bucket::seen` is `bpf_ktime_get_ns() >> EP4_SEEN_SHIFT` (units of ~134 ms).
+pub const EP4_SEEN_SHIFT: u32 = 27;
+
+/// A bucket of the `media4` map: IPv4 media endpoints that are also in `media`, found with one
+/// cache line read (the program looks here before the hash).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ep4Bucket {
+    /// The address's four bytes as in the packet (`u32::from_le_bytes(octets)`).
+    pub addr: [u32; EP4_WAYS],
+    /// Host byte order; 0: a free way.
+    pub port: [u16; EP4_WAYS],
+    /// When the program last matched the endpoint, in units of `EP4_SEEN_SHIFT`.
+    pub seen: [u16; EP4_WAYS],
+}
+
+// SAFETY: plain old data with no padding (32 + 16 + 16 = 64 bytes, alignment 64).
+unsafe impl aya::Pod for Ep4Bucket {}
+
+/// The `media4` bucket of an IPv4 endpoint; the same hash as `ep4_known` in callrec.bpf.c.
+pub fn ep4_bucket(addr: [u8; 4], port: u16) -> u32 {
+    let a = u32::from_le_bytes(addr);
+    (a ^ (port as u32).wrapping_mul(0x9E37_79B1)).wrapping_mul(0x85EB_CA6B) >> (32 - EP4_BITS)
+}
 
 /// A set of UDP/TCP ports, one bit each: value of the `ports` map.
 #[repr(C)]

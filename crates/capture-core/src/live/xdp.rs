@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, XskMap};
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
-use capture_ebpf::{Counter, MediaKey, MediaVal, PortSet};
+use capture_ebpf::{Counter, EP4_SEEN_SHIFT, EP4_WAYS, Ep4Bucket, MediaKey, MediaVal, PortSet};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
@@ -100,6 +100,8 @@ impl XdpFilter {
             inner: Arc::new(Mutex::new(MediaInner {
                 map: HashMap::try_from(take(&mut ebpf, capture_ebpf::MAP_MEDIA)?)
                     .map_err(|e| err(iface, "media", e))?,
+                ep4: Array::try_from(take(&mut ebpf, capture_ebpf::MAP_MEDIA4)?)
+                    .map_err(|e| err(iface, "media4", e))?,
                 ports: ports.clone(),
                 known: HashSet::default(),
                 port_refs: std::collections::HashMap::default(),
@@ -291,6 +293,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// [`capture_ebpf::PORTS_MEDIA_KNOWN`]): a port is in the set exactly while some endpoint this map
 /// added, and has not removed, uses it. A port stays in the set for an endpoint the kernel's LRU
 /// evicted on its own, which only costs the program a hash lookup that finds nothing.
+///
+/// An IPv4 endpoint also goes into `media4`, the program's direct table (one cache line per
+/// lookup), when its bucket has a free way; the hash keeps every endpoint, so a full bucket only
+/// costs the program the hash lookup. The program stamps the way it matched; [`MediaMap::remove_if_idle`]
+/// reads both stamps.
 #[derive(Clone)]
 pub struct MediaMap {
     iface: String,
@@ -299,6 +306,9 @@ pub struct MediaMap {
 
 struct MediaInner {
     map: HashMap<MapData, MediaKey, MediaVal>,
+    /// The program's direct table of IPv4 endpoints: a copy of those in `map` that found a free
+    /// way in their bucket (the program falls back to `map` when it misses).
+    ep4: Array<MapData, Ep4Bucket>,
     ports: Arc<Mutex<Array<MapData, PortSet>>>,
     /// Endpoints added and not removed (the LRU's own evictions are not seen here).
     known: HashSet<MediaKey>,
@@ -328,13 +338,60 @@ impl MediaInner {
             .map_err(|e| err(iface, "updating the media port set", e))
     }
 
+    /// The `media4` bucket of an IPv4 key, its copy from the kernel and the way that holds the
+    /// key (None when the key is not there). None for IPv6 keys or when the map cannot be read.
+    fn ep4_find(&self, key: &MediaKey) -> Option<(u32, Ep4Bucket, Option<usize>)> {
+        if key.family != 4 {
+            return None;
+        }
+        let octets = [key.addr[0], key.addr[1], key.addr[2], key.addr[3]];
+        let b = capture_ebpf::ep4_bucket(octets, key.port);
+        let v = self.ep4.get(&b, 0).ok()?;
+        let addr = u32::from_le_bytes(octets);
+        let way = (0..EP4_WAYS).find(|&i| v.port[i] == key.port && v.addr[i] == addr);
+        Some((b, v, way))
+    }
+
+    /// Copies an IPv4 endpoint into `media4` if its bucket has a free way. Best effort: the
+    /// endpoint is in the hash already, where the program finds it otherwise.
+    fn ep4_add(&mut self, key: &MediaKey) {
+        let Some((b, mut v, None)) = self.ep4_find(key) else { return };
+        if let Some(i) = (0..EP4_WAYS).find(|&i| v.port[i] == 0) {
+            v.addr[i] = u32::from_le_bytes([key.addr[0], key.addr[1], key.addr[2], key.addr[3]]);
+            v.port[i] = key.port;
+            v.seen[i] = (monotonic_ns() >> EP4_SEEN_SHIFT) as u16;
+            // The kernel copies the 64-byte bucket over the old one while the program may read
+            // it: a packet then misses this way at worst and finds the endpoint in the hash.
+            let _ = self.ep4.set(b, v, 0);
+        }
+    }
+
     /// Removes `key` if the program matched no packet for it within `grace`; false if it is
     /// still in use.
     fn remove_if_idle(&mut self, iface: &str, key: &MediaKey, grace: std::time::Duration) -> bool {
+        let now = monotonic_ns();
         if let Ok(v) = self.map.get(key, 0)
-            && monotonic_ns().saturating_sub(v.last_ns) < grace.as_nanos() as u64
+            && now.saturating_sub(v.last_ns) < grace.as_nanos() as u64
         {
             return false;
+        }
+        let ep4 = self.ep4_find(key);
+        if let Some((_, v, Some(i))) = ep4 {
+            // Matched within the stamp's resolution (~134 ms) of `grace` ago: still in use.
+            let ago = ((now >> EP4_SEEN_SHIFT) as u16).wrapping_sub(v.seen[i]) as u64;
+            if ago << EP4_SEEN_SHIFT < grace.as_nanos() as u64 {
+                return false;
+            }
+        }
+        if let Some((b, mut v, Some(i))) = ep4 {
+            v.port[i] = 0;
+            v.addr[i] = 0;
+            v.seen[i] = 0;
+            // Should this fail, the way keeps passing the endpoint's packets, as an LRU entry
+            // that outlived its call would; userspace drops them as matching no call.
+            if let Err(e) = self.ep4.set(b, v, 0) {
+                eprintln!("callrec: warning: {}", err(iface, "removing a media endpoint from media4", e));
+            }
         }
         // An endpoint that is not in the kernel map (evicted by the LRU) is fine.
         let _ = self.map.remove(key);
@@ -379,7 +436,9 @@ impl MediaMap {
         }
         m.map
             .insert(key, MediaVal { last_ns: monotonic_ns() }, 0)
-            .map_err(|e| err(&self.iface, "adding a media endpoint", e))
+            .map_err(|e| err(&self.iface, "adding a media endpoint", e))?;
+        m.ep4_add(&key);
+        Ok(())
     }
 
     /// Removes an endpoint unless the filter matched a packet for it within `grace` (media still
