@@ -437,28 +437,7 @@ struct ReaderCtx {
     steer: SteerConfig,
 }
 
-/// Nice value of the reader threads (0 is the default; lower runs sooner and longer).
-const READER_NICE: i32 = -10;
-
-/// A reader is the one thread whose delay loses frames: behind it is only the socket's ring,
-/// while each worker has a queue of [`QUEUE_BATCHES`] batches. With the cores shared fairly
-/// among workers, write-back threads and the reader, the reader got too little of them at
-/// 1 Mpps on the two-core rig and its AF_XDP fill ring ran dry with the cores 80 % busy (live
-/// bench, 10,000 calls). Raising its weight costs the others little: it uses a fraction of a core.
-fn raise_reader_priority(label: &str) {
-    // SAFETY: gettid has no preconditions; setpriority changes this thread's nice value only.
-    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, READER_NICE) };
-    if r != 0 {
-        eprintln!(
-            "callrec: note: {label}: cannot raise the reader thread's priority ({}); without CAP_SYS_NICE it may lose \
-             frames when the cores are busy",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx) {
-    raise_reader_priority(&src.label());
     let linktype = src.linktype();
     let mut decoder = Decoder::default();
     let mut steering = Steering::new(ctx.steer);
