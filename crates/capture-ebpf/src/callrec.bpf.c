@@ -37,7 +37,7 @@
 /* The IPv4 endpoint table `media4`: 2^EP4_BITS buckets of EP4_WAYS endpoints, one cache line each. */
 #define EP4_BITS 14
 #define EP4_WAYS 8
-#define EP4_SEEN_SHIFT 27 /* `seen` is bpf_ktime_get_ns() >> 27: units of ~134 ms */
+#define EP4_SEEN_SHIFT 24 /* `seen` is bpf_ktime_get_ns() >> 24: units of ~16.8 ms, wrapping every ~18 min */
 
 enum counter {
     C_PASS_SIP = 0,

@@ -73,8 +73,9 @@ unsafe impl aya::Pod for MediaVal {}
 pub const EP4_BITS: u32 = 14;
 pub const EP4_BUCKETS: u32 = 1 << EP4_BITS;
 pub const EP4_WAYS: usize = 8;
-/// `Ep4Bucket::seen` is `bpf_ktime_get_ns() >> EP4_SEEN_SHIFT` (units of ~134 ms).
-pub const EP4_SEEN_SHIFT: u32 = 27;
+/// `Ep4Bucket::seen` is `bpf_ktime_get_ns() >> EP4_SEEN_SHIFT` (units of ~16.8 ms; a u16 of them
+/// wraps every ~18 min, so an endpoint idle for a multiple of that looks recent for one check).
+pub const EP4_SEEN_SHIFT: u32 = 24;
 
 /// A bucket of the `media4` map: IPv4 media endpoints that are also in `media`, found with one
 /// cache line read (the program looks here before the hash).

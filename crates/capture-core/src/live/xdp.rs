@@ -377,7 +377,7 @@ impl MediaInner {
         }
         let ep4 = self.ep4_find(key);
         if let Some((_, v, Some(i))) = ep4 {
-            // Matched within the stamp's resolution (~134 ms) of `grace` ago: still in use.
+            // Matched less than `grace` ago, to the stamp's resolution (~17 ms): still in use.
             let ago = ((now >> EP4_SEEN_SHIFT) as u16).wrapping_sub(v.seen[i]) as u64;
             if ago << EP4_SEEN_SHIFT < grace.as_nanos() as u64 {
                 return false;
