@@ -26,6 +26,8 @@ pub const MAX_FRAME: usize = 2040;
 const SLOT_BYTES: usize = 8 + MAX_FRAME;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdpgen.bpf.o"));
+/// Every frame's initial contents (the program overwrites them).
+static BLANK: [u8; MAX_FRAME] = [0; MAX_FRAME];
 
 /// `struct ctl` of the program.
 #[repr(C)]
@@ -71,7 +73,6 @@ pub struct XdpSender {
     frames: Mapping,
     ctl: Mapping,
     prog_fd: RawFd,
-    blank: Vec<u8>,
     _ebpf: Ebpf,
 }
 
@@ -104,7 +105,7 @@ impl XdpSender {
         let ctl = Mapping::new(map_fd("ctl")?, 4096, "ctl")?;
         // SAFETY: the ctl mapping holds one `Ctl` at its start.
         unsafe { (ctl.at as *mut Ctl).write(Ctl { next: 0, count: 0, ifindex, bad: 0 }) };
-        Ok(XdpSender { frames, ctl, prog_fd, blank: vec![0; MAX_FRAME], _ebpf: ebpf })
+        Ok(XdpSender { frames, ctl, prog_fd, _ebpf: ebpf })
     }
 
     /// Sends `frames` (at most [`SLOTS`]) in one test run; returns how many the program could not send (too long,
@@ -136,13 +137,13 @@ impl XdpSender {
         };
         capture_core::live::xdp::prog_test_run(
             self.prog_fd,
-            &self.blank,
+            &BLANK,
             n as u32,
             BPF_F_TEST_XDP_LIVE_FRAMES,
             KERNEL_BATCH.min(n as u32),
         )
         .context("BPF_PROG_TEST_RUN (live frames)")?;
         // SAFETY: as above; the run is over.
-        Ok(unsafe { (*ctl).bad - bad_before } as u64)
+        Ok(unsafe { (*ctl).bad.wrapping_sub(bad_before) } as u64)
     }
 }
