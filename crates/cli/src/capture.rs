@@ -106,6 +106,12 @@ pub struct CaptureArgs {
     /// The crate that drives the AF_XDP sockets in xdp mode [default: xsk-rs].
     #[arg(long, value_enum, value_name = "CRATE")]
     pub af_xdp_crate: Option<XskCrate>,
+    /// UMEM frames (2 KiB each) of every AF_XDP socket, and the size of its fill and receive
+    /// rings: a power of two from 64 to 1,048,576 [default 32768: 64 MiB, about 32 ms of frames at
+    /// 1 Mpps]. The frames are the only buffer between the kernel and the reader; one that is not
+    /// scheduled for longer than they last loses frames (`ring_drops`/`other_drops`).
+    #[arg(long, value_name = "N")]
+    pub xdp_frames: Option<u32>,
     /// Seconds without SIP or media after which a call's endpoints leave the filter [default 600].
     #[arg(long, value_name = "SECS")]
     pub media_idle_timeout: Option<u64>,
@@ -142,6 +148,7 @@ impl CaptureArgs {
         self.media_ports = self.media_ports.or(file.media_ports);
         self.xdp_generic |= file.xdp_generic;
         self.af_xdp_crate = self.af_xdp_crate.or(file.af_xdp_crate);
+        self.xdp_frames = self.xdp_frames.or(file.xdp_frames);
         self.media_idle_timeout = self.media_idle_timeout.or(file.media_idle_timeout);
         self.log_interval = self.log_interval.or(file.log_interval);
         self.duration = self.duration.or(file.duration);
@@ -149,6 +156,20 @@ impl CaptureArgs {
         self.retention_days = file.retention_days;
         Ok(self)
     }
+}
+
+/// The AF_XDP socket sizes for `--xdp-frames` (checked here, so that a bad value is named before
+/// any interface is touched).
+fn xdp_config(frames: Option<u32>) -> Result<AfXdpConfig> {
+    let mut cfg = AfXdpConfig::default();
+    if let Some(n) = frames {
+        if !n.is_power_of_two() || !(64..=1 << 20).contains(&n) {
+            bail!("--xdp-frames {n}: must be a power of two from 64 to 1048576 (e.g. 32768 or 65536)");
+        }
+        cfg.frames = n;
+        cfg.ring = n;
+    }
+    Ok(cfg)
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16)> {
@@ -213,6 +234,7 @@ pub fn run(dir: &Path, args: CaptureArgs, user: &str) -> Result<ExitCode> {
     let mode = args.mode.unwrap_or(Mode::Xdp);
     let sip_ports = if args.sip_ports.is_empty() { vec![5060, 5061] } else { args.sip_ports.clone() };
     let media_range = args.media_ports.as_deref().map(parse_range).transpose()?;
+    let xdp_cfg = xdp_config(args.xdp_frames)?;
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32).min(8))
@@ -227,7 +249,7 @@ pub fn run(dir: &Path, args: CaptureArgs, user: &str) -> Result<ExitCode> {
     for (i, iface) in args.ifaces.iter().enumerate() {
         let mut used = mode;
         if mode == Mode::Xdp {
-            match open_xdp(iface, &args, &sip_ports, media_range) {
+            match open_xdp(iface, &args, xdp_cfg, &sip_ports, media_range) {
                 Ok((f, s)) => {
                     modes.push(format!(
                         "{iface}: xdp ({}), {}",
@@ -410,6 +432,7 @@ pub fn run(dir: &Path, args: CaptureArgs, user: &str) -> Result<ExitCode> {
 fn open_xdp(
     iface: &str,
     args: &CaptureArgs,
+    cfg: AfXdpConfig,
     sip_ports: &[u16],
     media_range: Option<(u16, u16)>,
 ) -> Result<(XdpFilter, Vec<Box<dyn Source>>)> {
@@ -420,8 +443,8 @@ fn open_xdp(
     let mut out: Vec<Box<dyn Source>> = Vec::new();
     for q in 0..queues {
         out.push(match args.af_xdp_crate.unwrap_or_default() {
-            XskCrate::XskRs => Box::new(AfXdpSource::open(&mut f, q, AfXdpConfig::default())?),
-            XskCrate::Xdp => Box::new(PureAfXdpSource::open(&mut f, q, AfXdpConfig::default())?),
+            XskCrate::XskRs => Box::new(AfXdpSource::open(&mut f, q, cfg)?),
+            XskCrate::Xdp => Box::new(PureAfXdpSource::open(&mut f, q, cfg)?),
         });
     }
     Ok((f, out))
@@ -821,6 +844,28 @@ mod tests {
         assert!(text.contains("bad.toml") && text.contains("workerz"), "{text}");
         assert!(parse_range("2000-1000").is_err());
         assert_eq!(parse_range("16384-32767").unwrap(), (16384, 32767));
+    }
+
+    /// `--xdp-frames` sizes the UMEM and both rings; a value the kernel would refuse is named
+    /// with the flag before any interface is touched, and the file's value yields to the flag.
+    #[test]
+    fn xdp_frames_must_be_a_power_of_two_in_range() {
+        let d = AfXdpConfig::default();
+        let c = xdp_config(None).unwrap();
+        assert_eq!((c.frames, c.ring), (d.frames, d.ring));
+        let c = xdp_config(Some(65536)).unwrap();
+        assert_eq!((c.frames, c.ring), (65536, 65536));
+        for bad in [0, 32, 1000, 1 << 21] {
+            let e = format!("{:#}", xdp_config(Some(bad)).unwrap_err());
+            assert!(e.contains("--xdp-frames") && e.contains(&bad.to_string()), "{e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "xdp_frames = 131072\n").unwrap();
+        let r = CaptureArgs { config: Some(p.clone()), ..Default::default() }.resolve().unwrap();
+        assert_eq!(r.xdp_frames, Some(131072));
+        let flag = CaptureArgs { config: Some(p), xdp_frames: Some(4096), ..Default::default() };
+        assert_eq!(flag.resolve().unwrap().xdp_frames, Some(4096));
     }
 
     #[test]
