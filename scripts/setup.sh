@@ -5,7 +5,7 @@ set -euo pipefail
 
 pkgs=(
   build-essential pkg-config cmake clang llvm libbpf-dev libelf-dev zlib1g-dev m4
-  sip-tester tcpdump tshark iproute2 iputils-ping procps ethtool
+  sip-tester tcpdump tshark iproute2 iputils-ping procps ethtool mount e2fsprogs
   libspandsp-dev libpcap-dev python3
 )
 missing=()

@@ -36,6 +36,11 @@ pub struct LiveOpts {
     /// "mirror" (into the mirror port's cable, the switch's `cap0`, through a packet socket) or
     /// "xdp" (into the same cable as XDP frames, see [`crate::xdpgen`]).
     pub inject: String,
+    /// callrec's `--xdp-frames` (None: its default).
+    pub xdp_frames: Option<u32>,
+    /// Where recordings and captures are written: "work" (`work` itself) or "journal" (a
+    /// journaled ext4 made for this bench on a loop device under `work`, see [`StoreFs`]).
+    pub store_fs: String,
     pub work: PathBuf,
     pub callrec: PathBuf,
     pub generator: PathBuf,
@@ -137,6 +142,7 @@ fn start_recorder(rig: &Rig, o: &LiveOpts, mode: &str, run_dir: &Path) -> Result
             "--log-interval",
             "0",
         ])
+        .args(o.xdp_frames.map(|n| format!("--xdp-frames={n}")))
         .stdout(std::fs::File::create(run_dir.join("status.json"))?)
         .stderr(std::fs::File::create(run_dir.join("capture.err"))?)
         .spawn()
@@ -180,8 +186,58 @@ fn dir_bytes(p: &Path) -> u64 {
         .sum()
 }
 
-fn one_run(rig: &Rig, o: &LiveOpts, mode: &str, calls: u32, flat_out: bool) -> Result<Value> {
-    let run_dir = o.work.join(format!("{mode}-{calls}{}", if flat_out { "-flat" } else { "" }));
+/// A filesystem of the bench's own for what the recorders write: ext4 with its journal (as
+/// `mkfs.ext4` makes it, so as an appliance's store would be), on a loop device over a file in
+/// `--work`, removed again at the end.
+///
+/// Why: every run writes thousands of recordings and deletes them after, and on a filesystem
+/// without a journal (this project's VMs: ext4 on /dev/vda, `nojournal`) ext4's inode allocator
+/// then steps over every inode deleted in the last 60-300 s, reading its inode-table block each
+/// time (`find_inode_bit` → `recently_deleted`). Measured here: creating a recording (open +
+/// header) took 72 µs on a quiet filesystem and 560-740 µs within minutes of deleting 5,000 of
+/// them; 3,000 call starts a second then cost the 2-core machine more than a core, where
+/// tcpdump creates one file. With a journal the allocator does not look back. The loop device
+/// and the journal cost CPU of their own, though (docs/BENCHMARKS.md), so this is an option,
+/// not the default.
+pub struct StoreFs {
+    image: PathBuf,
+    device: String,
+    pub mount: PathBuf,
+}
+
+impl StoreFs {
+    pub fn make(work: &Path, bytes: u64) -> Result<StoreFs> {
+        let run = |cmd: &mut Command| -> Result<String> {
+            let o = cmd.output().with_context(|| format!("cannot run {cmd:?} (run scripts/setup.sh)"))?;
+            ensure!(o.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&o.stderr).trim());
+            Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+        };
+        let image = work.join("store-fs.img");
+        let mount = work.join("store-fs");
+        let _ = Command::new("umount").arg(&mount).output();
+        let _ = std::fs::remove_file(&image);
+        std::fs::create_dir_all(&mount)?;
+        run(Command::new("fallocate").args(["-l", &bytes.to_string()]).arg(&image))?;
+        let device = run(Command::new("losetup").args(["--find", "--show", "--direct-io=on"]).arg(&image))?;
+        let fs = StoreFs { image, device, mount };
+        // Inode tables and journal zeroed now, not by a kernel thread during the runs.
+        run(Command::new("mkfs.ext4").args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", &fs.device]))?;
+        run(Command::new("mount").args(["-o", "noatime", &fs.device]).arg(&fs.mount))?;
+        Ok(fs)
+    }
+}
+
+impl Drop for StoreFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).output();
+        let _ = Command::new("losetup").args(["-d", &self.device]).output();
+        let _ = std::fs::remove_file(&self.image);
+        let _ = std::fs::remove_dir(&self.mount);
+    }
+}
+
+fn one_run(rig: &Rig, o: &LiveOpts, root: &Path, mode: &str, calls: u32, flat_out: bool) -> Result<Value> {
+    let run_dir = root.join(format!("{mode}-{calls}{}", if flat_out { "-flat" } else { "" }));
     let _ = std::fs::remove_dir_all(&run_dir);
     std::fs::create_dir_all(&run_dir)?;
     let w = Workload::calls(calls, o.duration, o.ramp);
@@ -322,11 +378,18 @@ pub fn run(o: &LiveOpts) -> Result<Value> {
     let mut runs = Vec::new();
     // The rig's ceiling: the generator flat out, nothing recording.
     let top = *o.loads.iter().max().unwrap_or(&1000);
-    let ceiling = one_run(&rig, o, "none", top, true)?;
+    // Room for the largest run: tcpdump writes ~230 bytes per frame, 100 frames a second per call.
+    let store_fs = match o.store_fs.as_str() {
+        "journal" => Some(StoreFs::make(&o.work, (top as f64 * o.duration * 100.0 * 400.0) as u64 + (2 << 30))?),
+        "work" => None,
+        other => bail!("--store-fs {other}: expected journal or work"),
+    };
+    let root = store_fs.as_ref().map_or(o.work.as_path(), |f| f.mount.as_path());
+    let ceiling = one_run(&rig, o, root, "none", top, true)?;
     eprintln!("live: generator alone, flat out: {:.0} packets/s", ceiling["offered_pps"].as_f64().unwrap_or(0.0));
     for &calls in &o.loads {
         for mode in &o.modes {
-            let r = one_run(&rig, o, mode, calls, false).with_context(|| format!("{mode} at {calls} calls"))?;
+            let r = one_run(&rig, o, root, mode, calls, false).with_context(|| format!("{mode} at {calls} calls"))?;
             eprintln!(
                 "live: {mode:>9} {calls:>6} calls {:>8.0} pps offered: lost {} ({:.4}%), complete calls {}",
                 r["offered_pps"].as_f64().unwrap_or(0.0),
@@ -338,6 +401,6 @@ pub fn run(o: &LiveOpts) -> Result<Value> {
         }
     }
     Ok(
-        json!({"bench": "live", "inject": o.inject, "duration_s": o.duration, "ramp_s": o.ramp, "workers": o.workers, "ceiling": ceiling, "runs": runs}),
+        json!({"bench": "live", "inject": o.inject, "xdp_frames": o.xdp_frames, "store_fs": o.store_fs, "duration_s": o.duration, "ramp_s": o.ramp, "workers": o.workers, "ceiling": ceiling, "runs": runs}),
     )
 }

@@ -135,6 +135,16 @@ enum Cmd {
         /// driver: no skb, no veth copy; the mirror port gets GRO on for every mode).
         #[arg(long, default_value = "phone", value_parser = ["phone", "mirror", "xdp"])]
         inject: String,
+        /// callrec's `--xdp-frames` for `--mode xdp` (AF_XDP UMEM frames per socket) [default:
+        /// callrec's].
+        #[arg(long, value_name = "N")]
+        xdp_frames: Option<u32>,
+        /// Where recordings and captures go: `work` (the `--work` directory's own filesystem) or
+        /// `journal` (a fresh journaled ext4 made for the bench on a loop device in `--work`, as
+        /// an appliance's store would be; see `live::StoreFs` for why and docs/BENCHMARKS.md for
+        /// what it changes).
+        #[arg(long, default_value = "work", value_parser = ["work", "journal"])]
+        store_fs: String,
         #[arg(long, default_value = "/var/tmp/callrec-bench-live")]
         work: PathBuf,
         /// Where the JSON result goes (also printed).
@@ -199,7 +209,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Memory { calls, duration, ramp, dir } => measure::memory_bench(calls, duration, ramp, &dir)?,
         Cmd::Flood { invites, stray_rtp, max_calls } => measure::flood_bench(invites, stray_rtp, max_calls)?,
-        Cmd::Live { loads, modes, duration, ramp, workers, noise, inject, work, out } => {
+        Cmd::Live { loads, modes, duration, ramp, workers, noise, inject, xdp_frames, store_fs, work, out } => {
             let bin = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
             let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default();
             let opts = live::LiveOpts {
@@ -210,6 +220,8 @@ fn run(cli: Cli) -> Result<()> {
                 workers,
                 noise,
                 inject,
+                xdp_frames,
+                store_fs,
                 work,
                 callrec: bin.join("callrec"),
                 generator: bin.join("callrec-gen"),
