@@ -36,7 +36,7 @@ use rand_core::{OsRng, RngCore};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use super::keys::{KeyError, KeyId, PrivateStoreKey, PublicStoreKey, hex};
+use super::keys::{KeyError, KeyId, KeyWrapper, PrivateStoreKey, PublicStoreKey, hex};
 use super::md5x::{self, Md5State};
 use super::writeback::WriteQueue;
 use crate::model::{CallSummary, Side};
@@ -286,15 +286,38 @@ impl RecordingWriter {
         keep_open: bool,
         cipher: Cipher,
     ) -> Result<Self, FileError> {
+        Self::create_inner(path, key.id, |dk, id| key.wrap(dk, id), created_ns, keep_open, cipher)
+    }
+
+    /// [`RecordingWriter::create`] for a capture worker: the data key is wrapped by `wrapper`,
+    /// which shares an ephemeral exchange between the recordings started within a second (see
+    /// [`KeyWrapper`]). The file is the same as from `create`.
+    pub fn create_wrapped(
+        path: &Path,
+        wrapper: &mut KeyWrapper,
+        created_ns: i64,
+        keep_open: bool,
+    ) -> Result<Self, FileError> {
+        let id = wrapper.key().id;
+        Self::create_inner(path, id, |dk, fid| wrapper.wrap(dk, fid), created_ns, keep_open, Cipher::preferred())
+    }
+
+    fn create_inner(
+        path: &Path,
+        key_id: KeyId,
+        wrap: impl FnOnce(&[u8; 32], &[u8; 16]) -> ([u8; 32], [u8; 48]),
+        created_ns: i64,
+        keep_open: bool,
+        cipher: Cipher,
+    ) -> Result<Self, FileError> {
         let p = path.display().to_string();
         let io = |source| FileError::Io { path: p.clone(), source };
         let mut file_id = [0u8; 16];
         OsRng.fill_bytes(&mut file_id);
         let mut dk = Zeroizing::new([0u8; 32]);
         OsRng.fill_bytes(&mut *dk);
-        let (eph_pub, wrapped) = key.wrap(&dk, &file_id);
-        let header =
-            Header { version: VERSION, cipher, file_id, created_ns, key_id: key.id, eph_pub, wrapped }.encode();
+        let (eph_pub, wrapped) = wrap(&dk, &file_id);
+        let header = Header { version: VERSION, cipher, file_id, created_ns, key_id, eph_pub, wrapped }.encode();
         use std::os::unix::fs::OpenOptionsExt;
         let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
         file.write_all(&header).map_err(io)?;

@@ -142,16 +142,84 @@ impl PublicStoreKey {
         Ok(PublicStoreKey { key, id })
     }
 
-    /// Wraps a data key for this public key; returns (ephemeral public key, wrapped key).
+    /// Wraps a data key for this public key with an ephemeral key of its own; returns
+    /// (ephemeral public key, wrapped key).
     pub fn wrap(&self, data_key: &[u8; 32], file_id: &[u8; 16]) -> ([u8; 32], [u8; 48]) {
+        let (eph_pub, shared) = self.exchange();
+        wrap_with(&shared, &eph_pub, self.key.as_bytes(), data_key, file_id)
+    }
+
+    /// A fresh ephemeral X25519 exchange with this key: (ephemeral public key, shared secret).
+    fn exchange(&self) -> ([u8; 32], Zeroizing<[u8; 32]>) {
         let eph = EphemeralSecret::random_from_rng(OsRng);
         let eph_pub = PublicKey::from(&eph);
         let shared = eph.diffie_hellman(&self.key);
-        let kek = derive_kek(shared.as_bytes(), eph_pub.as_bytes(), self.key.as_bytes(), file_id);
-        let ct = ChaCha20Poly1305::new(Key::from_slice(&*kek))
-            .encrypt(Nonce::from_slice(&[0u8; 12]), Payload { msg: data_key, aad: file_id })
-            .expect("encryption of 32 bytes cannot fail");
-        (*eph_pub.as_bytes(), ct.try_into().expect("32 + 16 bytes"))
+        (*eph_pub.as_bytes(), Zeroizing::new(*shared.as_bytes()))
+    }
+}
+
+fn wrap_with(
+    shared: &[u8; 32],
+    eph_pub: &[u8; 32],
+    recipient: &[u8; 32],
+    data_key: &[u8; 32],
+    file_id: &[u8; 16],
+) -> ([u8; 32], [u8; 48]) {
+    let kek = derive_kek(shared, eph_pub, recipient, file_id);
+    let ct = ChaCha20Poly1305::new(Key::from_slice(&*kek))
+        .encrypt(Nonce::from_slice(&[0u8; 12]), Payload { msg: data_key, aad: file_id })
+        .expect("encryption of 32 bytes cannot fail");
+    (*eph_pub, ct.try_into().expect("32 + 16 bytes"))
+}
+
+/// How long one ephemeral exchange wraps the data keys of new recordings ([`KeyWrapper`]).
+pub const EPHEMERAL_LIFETIME: std::time::Duration = std::time::Duration::from_secs(1);
+/// At most this many recordings share one ephemeral exchange.
+pub const EPHEMERAL_MAX_USES: u32 = 4096;
+
+/// Wraps the data keys of new recordings for the store's public key, reusing one ephemeral
+/// X25519 exchange for the recordings a capture worker starts within [`EPHEMERAL_LIFETIME`].
+///
+/// Why: the exchange (two scalar multiplications, 47-50 µs here) was two thirds of creating a
+/// recording, paid in the worker for every call start; at 3,000 call starts a second that is a
+/// seventh of a core, when the workers have least to spare. Each recording still gets its own
+/// random data key and its own key-encryption key, HKDF of the shared secret *and its random
+/// file id*, so the files, their headers and how they are opened (`unwrap_key`) are unchanged.
+/// What changes is what a thief of the capture process's memory gets: the shared secret of the
+/// current second opens the data keys of the recordings started in it, which that memory holds
+/// anyway while those calls are being recorded. The secret is zeroed when replaced or dropped.
+pub struct KeyWrapper {
+    key: PublicStoreKey,
+    current: Option<Ephemeral>,
+}
+
+struct Ephemeral {
+    eph_pub: [u8; 32],
+    shared: Zeroizing<[u8; 32]>,
+    since: std::time::Instant,
+    uses: u32,
+}
+
+impl KeyWrapper {
+    pub fn new(key: PublicStoreKey) -> KeyWrapper {
+        KeyWrapper { key, current: None }
+    }
+
+    pub fn key(&self) -> &PublicStoreKey {
+        &self.key
+    }
+
+    /// Wraps `data_key` for the store key, bound to `file_id`; returns (ephemeral public key,
+    /// wrapped key) as [`PublicStoreKey::wrap`] does.
+    pub fn wrap(&mut self, data_key: &[u8; 32], file_id: &[u8; 16]) -> ([u8; 32], [u8; 48]) {
+        let fresh = |e: &Ephemeral| e.uses < EPHEMERAL_MAX_USES && e.since.elapsed() < EPHEMERAL_LIFETIME;
+        if !self.current.as_ref().is_some_and(fresh) {
+            let (eph_pub, shared) = self.key.exchange();
+            self.current = Some(Ephemeral { eph_pub, shared, since: std::time::Instant::now(), uses: 0 });
+        }
+        let e = self.current.as_mut().expect("set above");
+        e.uses += 1;
+        wrap_with(&e.shared, &e.eph_pub, self.key.key.as_bytes(), data_key, file_id)
     }
 }
 
@@ -252,5 +320,37 @@ mod tests {
         let mut bad = wrapped;
         bad[0] ^= 1;
         assert!(private.unwrap_key(&public.id, &eph, &bad, &fid).is_err());
+    }
+
+    /// Recordings started together share an ephemeral key but not a key-encryption key: each
+    /// data key opens with its own file id only, and the exchange is renewed after
+    /// EPHEMERAL_MAX_USES wraps and after EPHEMERAL_LIFETIME.
+    #[test]
+    fn a_shared_ephemeral_still_binds_each_data_key_to_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (public, sealed) = generate(b"pw").unwrap();
+        let p = dir.path().join("k.sealed");
+        write_private(&p, &sealed).unwrap();
+        let private = PrivateStoreKey::unseal(&p, b"pw").unwrap();
+        let mut w = KeyWrapper::new(public.clone());
+        let (dk1, fid1, dk2, fid2) = ([1u8; 32], [1u8; 16], [2u8; 32], [2u8; 16]);
+        let (e1, w1) = w.wrap(&dk1, &fid1);
+        let (e2, w2) = w.wrap(&dk2, &fid2);
+        assert_eq!(e1, e2, "one exchange for recordings started together");
+        assert_ne!(w1[32..], w2[32..], "distinct tags: distinct key-encryption keys");
+        assert_eq!(*private.unwrap_key(&public.id, &e1, &w1, &fid1).unwrap(), dk1);
+        assert_eq!(*private.unwrap_key(&public.id, &e2, &w2, &fid2).unwrap(), dk2);
+        assert!(private.unwrap_key(&public.id, &e1, &w1, &fid2).is_err(), "a wrapped key moved to another file");
+        // The same data key under two file ids does not give the same wrapped bytes.
+        assert_ne!(w.wrap(&dk1, &fid1).1, w.wrap(&dk1, &fid2).1);
+        for _ in 0..EPHEMERAL_MAX_USES {
+            w.wrap(&dk1, &fid1);
+        }
+        assert_ne!(w.wrap(&dk1, &fid1).0, e1, "renewed after the maximum number of uses");
+        let (e3, _) = w.wrap(&dk1, &fid1);
+        std::thread::sleep(EPHEMERAL_LIFETIME + std::time::Duration::from_millis(50));
+        let (e4, w4) = w.wrap(&dk2, &fid2);
+        assert_ne!(e3, e4, "renewed after its lifetime");
+        assert_eq!(*private.unwrap_key(&public.id, &e4, &w4, &fid2).unwrap(), dk2);
     }
 }

@@ -26,7 +26,7 @@ use crate::engine::{CallRef, Sink};
 use crate::model::{CallSummary, Side};
 use file::{FileError, RecordingWriter};
 use index::{Index, IndexError};
-use keys::{KeyError, PrivateStoreKey, PublicStoreKey, hex};
+use keys::{KeyError, KeyWrapper, PrivateStoreKey, PublicStoreKey, hex};
 use syncer::Syncer;
 
 #[derive(Debug, Error)]
@@ -176,7 +176,7 @@ impl Store {
         let key = self.public_key()?;
         Ok(StoreSink {
             store: self,
-            key,
+            key: KeyWrapper::new(key),
             open: Vec::new(),
             errors: Vec::new(),
             recorded: 0,
@@ -314,7 +314,8 @@ enum IndexOp {
 /// recording thread never waits for the disk (except at the end of input, [`StoreSink::flush`]).
 pub struct StoreSink<'a> {
     store: &'a mut Store,
-    key: PublicStoreKey,
+    /// Wraps each recording's data key for the store key (an ephemeral exchange per second).
+    key: KeyWrapper,
     open: Vec<Option<OpenRecording>>,
     pub errors: Vec<String>,
     pub recorded: u64,
@@ -582,10 +583,11 @@ impl Sink for StoreSink<'_> {
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut tmp_id);
         let rel = format!("{dir_rel}/{}.crec", hex(&tmp_id));
         let keep_open = self.open_files < self.open_file_budget;
-        let mut writer = match RecordingWriter::create(&self.store.abs(&rel), &self.key, start_ns, keep_open) {
-            Ok(w) => w,
-            Err(e) => return self.note_err(e),
-        };
+        let mut writer =
+            match RecordingWriter::create_wrapped(&self.store.abs(&rel), &mut self.key, start_ns, keep_open) {
+                Ok(w) => w,
+                Err(e) => return self.note_err(e),
+            };
         if keep_open {
             self.open_files += 1;
         }
