@@ -303,14 +303,20 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
 mod tests {
     use super::*;
 
+    /// A new key pair, its sealed half written to `dir` and unsealed again with `pass`.
+    fn key_pair(dir: &Path, pass: &[u8]) -> (PublicStoreKey, PrivateStoreKey) {
+        let (public, sealed) = generate(pass).unwrap();
+        let p = dir.join("k.sealed");
+        write_private(&p, &sealed).unwrap();
+        assert!(matches!(PrivateStoreKey::unseal(&p, b"wrong"), Err(KeyError::WrongPassphrase { .. })));
+        let private = PrivateStoreKey::unseal(&p, pass).unwrap();
+        (public, private)
+    }
+
     #[test]
     fn seal_unseal_wrap_unwrap() {
         let dir = tempfile::tempdir().unwrap();
-        let (public, sealed) = generate(b"correct horse").unwrap();
-        let p = dir.path().join("k.sealed");
-        write_private(&p, &sealed).unwrap();
-        assert!(matches!(PrivateStoreKey::unseal(&p, b"wrong"), Err(KeyError::WrongPassphrase { .. })));
-        let private = PrivateStoreKey::unseal(&p, b"correct horse").unwrap();
+        let (public, private) = key_pair(dir.path(), b"correct horse");
         assert_eq!(private.id, public.id);
         let dk = [7u8; 32];
         let fid = [1u8; 16];
@@ -328,10 +334,7 @@ mod tests {
     #[test]
     fn a_shared_ephemeral_still_binds_each_data_key_to_its_file() {
         let dir = tempfile::tempdir().unwrap();
-        let (public, sealed) = generate(b"pw").unwrap();
-        let p = dir.path().join("k.sealed");
-        write_private(&p, &sealed).unwrap();
-        let private = PrivateStoreKey::unseal(&p, b"pw").unwrap();
+        let (public, private) = key_pair(dir.path(), b"pw");
         let mut w = KeyWrapper::new(public.clone());
         let (dk1, fid1, dk2, fid2) = ([1u8; 32], [1u8; 16], [2u8; 32], [2u8; 16]);
         let (e1, w1) = w.wrap(&dk1, &fid1);
