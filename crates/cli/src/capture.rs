@@ -227,6 +227,9 @@ pub fn run(dir: &Path, args: CaptureArgs, user: &str) -> Result<ExitCode> {
     }
     let mut store = Store::open(dir)?;
     store.public_key()?;
+    if let Some(w) = recorder::store::fscheck::store_fs_warning(dir) {
+        eprintln!("callrec: warning: {w}");
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing the signal handlers")?;

@@ -9,6 +9,7 @@
 //! ```
 
 pub mod file;
+pub mod fscheck;
 pub mod index;
 pub mod keys;
 pub mod md5x;
