@@ -289,7 +289,7 @@ impl RecordingWriter {
         Self::create_inner(path, key.id, |dk, id| key.wrap(dk, id), created_ns, keep_open, cipher)
     }
 
-    /// [`RecordingWriter::create`] for a capture worker: the data key is wrapped by `wrapper`,
+    /// [`RecordingWriter::create`] for a recorder (`StoreSink`): the data key is wrapped by `wrapper`,
     /// which shares an ephemeral exchange between the recordings started within a second (see
     /// [`KeyWrapper`]). The file is the same as from `create`.
     pub fn create_wrapped(

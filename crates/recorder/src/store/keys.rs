@@ -178,7 +178,8 @@ pub const EPHEMERAL_LIFETIME: std::time::Duration = std::time::Duration::from_se
 pub const EPHEMERAL_MAX_USES: u32 = 4096;
 
 /// Wraps the data keys of new recordings for the store's public key, reusing one ephemeral
-/// X25519 exchange for the recordings a capture worker starts within [`EPHEMERAL_LIFETIME`].
+/// X25519 exchange for the recordings one recorder (a capture or import worker's `StoreSink`)
+/// starts within [`EPHEMERAL_LIFETIME`].
 ///
 /// Why: the exchange (two scalar multiplications, 47-50 µs here) was two thirds of creating a
 /// recording, paid in the worker for every call start; at 3,000 call starts a second that is a
