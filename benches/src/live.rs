@@ -56,9 +56,7 @@ impl Rig {
     fn up(script: &Path) -> Result<Rig> {
         let name = format!("cb{}", std::process::id() % 100_000);
         let rig = Rig { name, script: script.to_path_buf() };
-        let o =
-            Command::new("bash").arg(script).args(["up", &rig.name]).output().context("cannot run the rig script")?;
-        ensure!(o.status.success(), "rig up failed: {}", String::from_utf8_lossy(&o.stderr));
+        checked(Command::new("bash").arg(script).args(["up", &rig.name])).context("rig up failed")?;
         Ok(rig)
     }
 
@@ -186,6 +184,14 @@ fn dir_bytes(p: &Path) -> u64 {
         .sum()
 }
 
+/// Runs `cmd` to the end; its trimmed stdout, or an error naming the command and carrying its
+/// stderr (a missing program points at scripts/setup.sh).
+fn checked(cmd: &mut Command) -> Result<String> {
+    let o = cmd.output().with_context(|| format!("cannot run {cmd:?} (run scripts/setup.sh)"))?;
+    ensure!(o.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&o.stderr).trim());
+    Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
 /// A filesystem of the bench's own for what the recorders write: ext4 with its journal (as
 /// `mkfs.ext4` makes it, so as an appliance's store would be), on a loop device over a file in
 /// `--work`, removed again at the end.
@@ -207,22 +213,23 @@ pub struct StoreFs {
 
 impl StoreFs {
     pub fn make(work: &Path, bytes: u64) -> Result<StoreFs> {
-        let run = |cmd: &mut Command| -> Result<String> {
-            let o = cmd.output().with_context(|| format!("cannot run {cmd:?} (run scripts/setup.sh)"))?;
-            ensure!(o.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&o.stderr).trim());
-            Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
-        };
         let image = work.join("store-fs.img");
         let mount = work.join("store-fs");
         let _ = Command::new("umount").arg(&mount).output();
         let _ = std::fs::remove_file(&image);
         std::fs::create_dir_all(&mount)?;
-        run(Command::new("fallocate").args(["-l", &bytes.to_string()]).arg(&image))?;
-        let device = run(Command::new("losetup").args(["--find", "--show", "--direct-io=on"]).arg(&image))?;
+        checked(Command::new("fallocate").args(["-l", &bytes.to_string()]).arg(&image))?;
+        let device = checked(Command::new("losetup").args(["--find", "--show", "--direct-io=on"]).arg(&image))?;
         let fs = StoreFs { image, device, mount };
         // Inode tables and journal zeroed now, not by a kernel thread during the runs.
-        run(Command::new("mkfs.ext4").args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", &fs.device]))?;
-        run(Command::new("mount").args(["-o", "noatime", &fs.device]).arg(&fs.mount))?;
+        checked(Command::new("mkfs.ext4").args([
+            "-q",
+            "-F",
+            "-E",
+            "lazy_itable_init=0,lazy_journal_init=0",
+            &fs.device,
+        ]))?;
+        checked(Command::new("mount").args(["-o", "noatime", &fs.device]).arg(&fs.mount))?;
         Ok(fs)
     }
 }
@@ -369,11 +376,7 @@ pub fn run(o: &LiveOpts) -> Result<Value> {
     if o.inject == "xdp" {
         // XDP frames sent into a veth reach its peer only if that runs an XDP program or has
         // GRO on (then veth's NAPI builds skbs from them for the packet sockets).
-        let e = Command::new("ip")
-            .args(["netns", "exec", &rig.ns("cap"), "ethtool", "-K", "mirror0", "gro", "on"])
-            .output()
-            .context("cannot run ethtool (run scripts/setup.sh)")?;
-        ensure!(e.status.success(), "ethtool -K mirror0 gro on: {}", String::from_utf8_lossy(&e.stderr));
+        checked(Command::new("ip").args(["netns", "exec", &rig.ns("cap"), "ethtool", "-K", "mirror0", "gro", "on"]))?;
     }
     let mut runs = Vec::new();
     // The rig's ceiling: the generator flat out, nothing recording.
