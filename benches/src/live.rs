@@ -243,8 +243,110 @@ impl Drop for StoreFs {
     }
 }
 
-fn one_run(rig: &Rig, o: &LiveOpts, root: &Path, mode: &str, calls: u32, flat_out: bool) -> Result<Value> {
-    let run_dir = root.join(format!("{mode}-{calls}{}", if flat_out { "-flat" } else { "" }));
+/// Run directories the bench is done with. On a filesystem where deleting files slows the next
+/// creates down (ext4 without a journal, this project's VMs: see [`StoreFs`]) they are kept until
+/// the bench ends, or until the next run needs their room, so that no run creates its recordings
+/// among the inodes the previous run just freed; then they are deleted, the filesystem synced, and
+/// the time noted in `work`, so that the next run (of this bench or the next one) starts only
+/// once those inodes are [`GRAVEYARD`] old.
+///
+/// Why: the bench measured its own cleanup. Creating a file took 424-489 µs right after deleting
+/// 5,000 and 50 µs 62 s after the deletion and a sync (5,000 creates each, same directory); a
+/// 10,000-call run then spent seconds of CPU on creates that an appliance, which deletes by
+/// retention, sees for a minute after a purge at most. Elsewhere (the journaled store) run
+/// directories go at once, as before.
+struct Trash {
+    root: PathBuf,
+    /// Deletions here slow creates down for [`GRAVEYARD`].
+    graveyard: bool,
+    kept: Vec<PathBuf>,
+    /// Its modification time is the last deletion (kept across bench invocations).
+    stamp: PathBuf,
+}
+
+/// How long after a deletion (and a sync of its inode tables) ext4 without a journal still steps
+/// over the freed inodes (`RECENTCY_MIN` in fs/ext4/ialloc.c), with a second to spare.
+const GRAVEYARD: Duration = Duration::from_secs(61);
+
+impl Trash {
+    fn new(root: &Path, work: &Path) -> Trash {
+        let graveyard = recorder::store::fscheck::store_fs_warning(root).is_some();
+        Trash { root: root.to_path_buf(), graveyard, kept: Vec::new(), stamp: work.join(".live-bench-deleted") }
+    }
+
+    /// Done with `dir`: deleted now, or kept (renamed aside) until [`Trash::empty`].
+    fn discard(&mut self, dir: &Path) -> Result<()> {
+        if !self.graveyard {
+            let _ = std::fs::remove_dir_all(dir);
+            return Ok(());
+        }
+        let aside = self.root.join(format!("trash-{}-{}", std::process::id(), self.kept.len()));
+        std::fs::rename(dir, &aside)
+            .with_context(|| format!("cannot move {} to {}", dir.display(), aside.display()))?;
+        self.kept.push(aside);
+        Ok(())
+    }
+
+    /// Makes room for a run that writes up to `bytes`: deletes what is kept if the filesystem
+    /// lacks it. Then waits until the last deletion is [`GRAVEYARD`] old.
+    fn before_run(&mut self, bytes: u64) {
+        if !self.kept.is_empty() && free_bytes(&self.root).is_some_and(|f| f < bytes) {
+            eprintln!("live: deleting {} earlier runs' recordings for room", self.kept.len());
+            self.empty();
+        }
+        if !self.graveyard {
+            return;
+        }
+        let age = std::fs::metadata(&self.stamp).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        if let Some(wait) = age.and_then(|a| GRAVEYARD.checked_sub(a)) {
+            eprintln!(
+                "live: waiting {:.0} s: files were deleted on {}, an ext4 without a journal, where creates step \
+                 over freed inodes for a minute",
+                wait.as_secs_f64(),
+                self.root.display()
+            );
+            std::thread::sleep(wait);
+        }
+    }
+
+    /// Deletes what is kept, syncs the filesystem (a dirty inode table would keep the freed inodes
+    /// in the way for 5 minutes more) and notes the time.
+    fn empty(&mut self) {
+        if self.kept.is_empty() {
+            return;
+        }
+        for d in self.kept.drain(..) {
+            let _ = std::fs::remove_dir_all(&d);
+        }
+        let _ = recorder::store::syncer::sync_filesystem(&self.root);
+        let _ = std::fs::write(&self.stamp, b"");
+    }
+}
+
+impl Drop for Trash {
+    fn drop(&mut self) {
+        self.empty();
+    }
+}
+
+/// Free bytes for an unprivileged writer on the filesystem holding `p`.
+fn free_bytes(p: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a struct statvfs to fill.
+    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// What a run at `calls` may write (tcpdump: ~230 bytes a frame, 100 frames a second per call),
+/// with room to spare.
+fn run_bytes(calls: u32, o: &LiveOpts) -> u64 {
+    (calls as f64 * (o.duration + o.ramp) * 100.0 * 400.0) as u64 + (2 << 30)
+}
+
+fn one_run(rig: &Rig, o: &LiveOpts, trash: &mut Trash, mode: &str, calls: u32, flat_out: bool) -> Result<Value> {
+    trash.before_run(run_bytes(calls, o));
+    let run_dir = trash.root.join(format!("{mode}-{calls}{}", if flat_out { "-flat" } else { "" }));
     let _ = std::fs::remove_dir_all(&run_dir);
     std::fs::create_dir_all(&run_dir)?;
     let w = Workload::calls(calls, o.duration, o.ramp);
@@ -355,7 +457,7 @@ fn one_run(rig: &Rig, o: &LiveOpts, root: &Path, mode: &str, calls: u32, flat_ou
         );
         out["bytes_written"] = json!(dir_bytes(&store.join("recordings")));
     }
-    let _ = std::fs::remove_dir_all(&run_dir);
+    trash.discard(&run_dir)?;
     Ok(out)
 }
 
@@ -383,16 +485,18 @@ pub fn run(o: &LiveOpts) -> Result<Value> {
     let top = *o.loads.iter().max().unwrap_or(&1000);
     // Room for the largest run: tcpdump writes ~230 bytes per frame, 100 frames a second per call.
     let store_fs = match o.store_fs.as_str() {
-        "journal" => Some(StoreFs::make(&o.work, (top as f64 * o.duration * 100.0 * 400.0) as u64 + (2 << 30))?),
+        "journal" => Some(StoreFs::make(&o.work, run_bytes(top, o))?),
         "work" => None,
         other => bail!("--store-fs {other}: expected journal or work"),
     };
     let root = store_fs.as_ref().map_or(o.work.as_path(), |f| f.mount.as_path());
-    let ceiling = one_run(&rig, o, root, "none", top, true)?;
+    let mut trash = Trash::new(root, &o.work);
+    let ceiling = one_run(&rig, o, &mut trash, "none", top, true)?;
     eprintln!("live: generator alone, flat out: {:.0} packets/s", ceiling["offered_pps"].as_f64().unwrap_or(0.0));
     for &calls in &o.loads {
         for mode in &o.modes {
-            let r = one_run(&rig, o, root, mode, calls, false).with_context(|| format!("{mode} at {calls} calls"))?;
+            let r =
+                one_run(&rig, o, &mut trash, mode, calls, false).with_context(|| format!("{mode} at {calls} calls"))?;
             eprintln!(
                 "live: {mode:>9} {calls:>6} calls {:>8.0} pps offered: lost {} ({:.4}%), complete calls {}",
                 r["offered_pps"].as_f64().unwrap_or(0.0),
