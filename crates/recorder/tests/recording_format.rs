@@ -5,33 +5,16 @@
 use std::path::{Path, PathBuf};
 
 use recorder::Side;
-use recorder::model::{CallSummary, EndReason};
 use recorder::store::file::{
     Cipher, FileError, HEADER_LEN, Header, Record, RecordingWriter, md5_file, read_header, read_recording,
 };
 use recorder::store::keys::{self, PrivateStoreKey};
 
+mod common;
+use common::summary;
+
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
-}
-
-fn summary(call_id: &str) -> CallSummary {
-    CallSummary {
-        call_id: call_id.into(),
-        caller: Default::default(),
-        callee: Default::default(),
-        start_ns: 0,
-        answer_ns: None,
-        end_ns: 1,
-        end_reason: EndReason::CallerBye,
-        sip_code: Some(200),
-        codecs: vec![],
-        dtmf: vec![],
-        holds: vec![],
-        streams: vec![],
-        payload_types: vec![],
-        sip_messages: 3,
-    }
 }
 
 /// The fixture's packet `i`, as it was written (see `v1_recordings_still_read`).
