@@ -11,7 +11,8 @@
 //! ```
 //!
 //! A full worker queue drops the batch and counts it (never blocks the ring, whose own overflow
-//! the kernel counts). SIGINT/SIGTERM stop the readers; workers drain their queues, end every call
+//! the kernel counts). Readers run ahead of workers, and the store's writing threads behind them
+//! ([`recorder::priority`]): the ring is the shortest buffer. SIGINT/SIGTERM stop the readers; workers drain their queues, end every call
 //! in progress as `capture-ended`, flush the index and exit; the XDP program is detached last.
 
 use std::path::{Path, PathBuf};
@@ -464,6 +465,15 @@ struct ReaderCtx {
 }
 
 fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx) {
+    // Ahead of the workers and the writing threads: the socket's ring is the shortest buffer.
+    if let Err(e) = recorder::priority::adjust_thread_nice(recorder::priority::READER_NICE) {
+        eprintln!(
+            "callrec: warning: {}: cannot raise the reader's priority (nice {:+}): {e}; it may lose frames \
+             while the cores are busy (run capture as root, or give it CAP_SYS_NICE)",
+            src.label(),
+            recorder::priority::READER_NICE
+        );
+    }
     let linktype = src.linktype();
     let mut decoder = Decoder::default();
     let mut steering = Steering::new(ctx.steer);

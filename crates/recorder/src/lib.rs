@@ -17,6 +17,7 @@ pub mod g722;
 pub mod memsink;
 pub mod model;
 pub mod prefetch;
+pub mod priority;
 pub mod rtp;
 pub mod sdp;
 pub mod sip;

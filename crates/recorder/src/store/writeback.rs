@@ -89,7 +89,12 @@ impl Writeback {
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("callrec-write".into())
-            .spawn(move || run(&rx, &pool_tx, &s))
+            .spawn(move || {
+                // Below the workers it serves (see `crate::priority`); raising one's own nice
+                // value cannot fail for lack of privilege, and nothing depends on it.
+                let _ = crate::priority::adjust_thread_nice(crate::priority::WRITER_NICE);
+                run(&rx, &pool_tx, &s)
+            })
             .map_err(|e| format!("cannot start the file-writing thread: {e}"))?;
         Ok(Writeback {
             queue: WriteQueue { tx, pool: pool_rx, sent: Arc::new(AtomicU64::new(0)), shared },

@@ -1,0 +1,75 @@
+//! Thread priorities for live capture: which thread yields to which, ordered by how long each
+//! can fall behind before something is lost.
+//!
+//! Why: on a machine whose cores are all busy, the scheduler shares them by weight, and a
+//! runnable thread can wait tens of milliseconds for its turn. The AF_XDP reader can wait the
+//! least: its socket holds 32,768 frames, 32 ms at 1 Mpps, and the kernel drops what does not
+//! fit. Perf's scheduler trace of a losing 10,000-call live run on the 2-core rig found the reader
+//! off its core 4.9 s of 6 s, nearly all of it runnable (preempted), in stretches of up to 36 ms,
+//! while the workers' queues (1,024 batches each) and the writing thread's buffers (about a
+//! second of audio) had room to spare. So the reader runs [`READER_NICE`] from the process's nice
+//! value, the thread that writes recordings (it only empties buffers the workers can wait on)
+//! [`WRITER_NICE`] from it, the workers at it (relative, so `nice callrec capture` still works).
+//!
+//! Measured (docs/BENCHMARKS.md, tenth session), 8,000-call live runs at the 2-core rig's edge:
+//! lost 0.27 % in the median of 9 runs with these priorities (3 lossless) against 2.37 % in the
+//! median of 7 without (none lossless); better in 5 of 7 adjacent pairs, worse in 2, so a
+//! tendency at this VM's noise rather than a proof. They cure preemption, not a lack of cores:
+//! when the cores cannot keep up (10,000 calls there, 41-44 % lost either way) the loss moves from
+//! the socket's ring to the worker queues, as the eighth session found with the reader alone at
+//! nice -10 (reverted then: it also left the workers less).
+
+use std::io;
+
+/// Capture's reader threads' nice value, from the process's. Negative: needs CAP_SYS_NICE
+/// (capture runs as root); without it the reader keeps the process's and capture says so.
+pub const READER_NICE: i32 = -5;
+/// A recorder's writing thread's nice value ([`crate::store::writeback`]), from the process's.
+pub const WRITER_NICE: i32 = 5;
+
+/// Moves the calling thread's nice value by `delta` (within -20..=19); returns the new value.
+pub fn adjust_thread_nice(delta: i32) -> io::Result<i32> {
+    let nice = (thread_nice()? + delta).clamp(-20, 19);
+    set_thread_nice(nice)?;
+    Ok(nice)
+}
+
+/// Sets the calling thread's nice value (on Linux a per-thread attribute).
+pub fn set_thread_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid has no preconditions; setpriority only reads its arguments.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// The calling thread's nice value.
+pub fn thread_nice() -> io::Result<i32> {
+    // getpriority returns the nice value, and -1 is a valid one: errno tells an error apart.
+    // SAFETY: errno is thread-local; gettid and getpriority only read their arguments.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let n = libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t);
+        let e = io::Error::last_os_error();
+        if n == -1 && e.raw_os_error().is_some_and(|c| c != 0) { Err(e) } else { Ok(n) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Raising a thread's nice value is always allowed and affects that thread only.
+    #[test]
+    fn a_thread_lowers_its_own_priority_only() {
+        let before = thread_nice().unwrap();
+        let inside = std::thread::spawn(|| {
+            let start = thread_nice().unwrap();
+            let set = adjust_thread_nice(WRITER_NICE).unwrap();
+            assert_eq!(set, thread_nice().unwrap());
+            (start, set)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(inside.1, (inside.0 + WRITER_NICE).min(19));
+        assert_eq!(thread_nice().unwrap(), before, "the spawning thread keeps its value");
+    }
+}
