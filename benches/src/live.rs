@@ -269,9 +269,18 @@ struct Trash {
 const GRAVEYARD: Duration = Duration::from_secs(61);
 
 impl Trash {
+    /// Also takes over what an interrupted bench set aside in `root` (deleted at the end).
     fn new(root: &Path, work: &Path) -> Trash {
         let graveyard = recorder::store::fscheck::store_fs_warning(root).is_some();
-        Trash { root: root.to_path_buf(), graveyard, kept: Vec::new(), stamp: work.join(".live-bench-deleted") }
+        let kept = std::fs::read_dir(root)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("trash-"))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Trash { root: root.to_path_buf(), graveyard, kept, stamp: work.join(".live-bench-deleted") }
     }
 
     /// Done with `dir`: deleted now, or kept (renamed aside) until [`Trash::empty`].
@@ -281,6 +290,7 @@ impl Trash {
             return Ok(());
         }
         let aside = self.root.join(format!("trash-{}-{}", std::process::id(), self.kept.len()));
+        let _ = std::fs::remove_dir_all(&aside); // a leftover of the same name (a reused pid)
         std::fs::rename(dir, &aside)
             .with_context(|| format!("cannot move {} to {}", dir.display(), aside.display()))?;
         self.kept.push(aside);
@@ -405,7 +415,11 @@ fn one_run(rig: &Rig, o: &LiveOpts, trash: &mut Trash, mode: &str, calls: u32, f
         "wall_s": wall, "cpu_busy_percent_per_core": cores,
         "recorder_cpu_s": rcpu1 - rcpu0, "recorder_peak_rss_mib": hwm_mib,
     });
-    let Some(child) = rec else { return Ok(out) };
+    let Some(child) = rec else {
+        // Nothing recorded: an empty directory, not worth a wait.
+        let _ = std::fs::remove_dir(&run_dir);
+        return Ok(out);
+    };
     signal(&child, libc::SIGTERM);
     let status = child.wait_with_output()?.status;
     if mode == "tcpdump" {
