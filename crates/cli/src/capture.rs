@@ -12,8 +12,9 @@
 //!
 //! A full worker queue drops the batch and counts it (never blocks the ring, whose own overflow
 //! the kernel counts). Readers run ahead of workers, and the store's writing threads behind them
-//! ([`recorder::priority`]): the ring is the shortest buffer. SIGINT/SIGTERM stop the readers; workers drain their queues, end every call
-//! in progress as `capture-ended`, flush the index and exit; the XDP program is detached last.
+//! ([`recorder::priority`]): the ring is the shortest buffer. SIGINT/SIGTERM stop the readers;
+//! workers drain their queues, end every call in progress as `capture-ended`, flush the index and
+//! exit; the XDP program is detached last.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

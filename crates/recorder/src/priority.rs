@@ -10,6 +10,8 @@
 //! second of audio) had room to spare. So the reader runs [`READER_NICE`] from the process's nice
 //! value, the thread that writes recordings (it only empties buffers the workers can wait on)
 //! [`WRITER_NICE`] from it, the workers at it (relative, so `nice callrec capture` still works).
+//! `import`'s writing threads run at [`WRITER_NICE`] too: there the workers wait on them when
+//! their buffers run out, so the order costs nothing.
 //!
 //! Measured (docs/BENCHMARKS.md, tenth session), 8,000-call live runs at the 2-core rig's edge:
 //! lost 0.27 % in the median of 9 runs with these priorities (3 lossless) against 2.37 % in the

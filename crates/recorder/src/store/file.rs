@@ -410,9 +410,7 @@ impl RecordingWriter {
         if self.pending_len() == 0 {
             return Ok(());
         }
-        self.seal(false)?;
-        self.md5.update(&self.pending[self.tail_len..]);
-        self.write_sealed(true)
+        self.seal_and_write(false, true)
     }
 
     pub fn start(&mut self, ts_ns: i64, call_id: &str) -> Result<(), FileError> {
@@ -585,9 +583,15 @@ impl RecordingWriter {
         if self.pending_len() == 0 && !last {
             return Ok(());
         }
+        self.seal_and_write(last, last)
+    }
+
+    /// Seals the pending records (`last`: as the final chunk), advances the MD5 and writes them;
+    /// `all`: the held tail too, ending wherever the chunk ends ([`RecordingWriter::write_sealed`]).
+    fn seal_and_write(&mut self, last: bool, all: bool) -> Result<(), FileError> {
         self.seal(last)?;
         self.md5.update(&self.pending[self.tail_len..]);
-        self.write_sealed(last)
+        self.write_sealed(all)
     }
 
     /// Writes the call summary and the final chunk and returns the MD5 watermark. The data is not
