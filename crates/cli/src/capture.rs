@@ -601,6 +601,8 @@ fn worker(dir: &Path, workers: usize, rx: Receiver<Batch>, pool: Sender<Batch>, 
     let mut sink = store.recorder()?;
     // The process's open-file limit is shared by every worker's recordings.
     sink.set_open_file_budget(recorder::store::default_open_file_budget() / workers.max(1));
+    // Calls end all the time: their pages are freed for the writes of the calls still going on.
+    sink.set_forget_finished(true);
     let mut engine = Engine::new(Config::default());
     let publish = |engine: &Engine, sink: &recorder::store::StoreSink<'_>| {
         stats.active_calls.store(engine.active_calls() as u64, Ordering::Relaxed);

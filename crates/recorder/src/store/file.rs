@@ -540,7 +540,10 @@ impl RecordingWriter {
     /// with: a failed write (disk full) leaves a recording that `verify` reports as damaged, and
     /// nothing is sealed twice.
     fn write_front(&mut self, n: usize) -> Result<(), FileError> {
-        let queued = self.queue.as_ref().is_some_and(|q| q.write(self.file.as_ref(), &self.path, &self.pending[..n]));
+        let queued = self
+            .queue
+            .as_ref()
+            .is_some_and(|q| q.write(self.file.as_ref(), &self.path, self.bytes, &self.pending[..n]));
         let r = if queued { Ok(()) } else { self.write_now(n) };
         if r.is_ok() {
             self.bytes += n as u64;
@@ -572,6 +575,11 @@ impl RecordingWriter {
             self.file = None;
         }
         r
+    }
+
+    /// The recording's path.
+    pub(crate) fn path(&self) -> &Arc<str> {
+        &self.path
     }
 
     /// From now on, hands writes to a [`super::writeback::Writeback`] thread.
