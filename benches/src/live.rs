@@ -7,7 +7,7 @@
 //! Loss is counted from what the generator sent: RTP packets recorded in the index (the sum of
 //! every stream's packet count) against RTP packets sent, and calls recorded complete (both
 //! streams with every packet) against calls placed. For tcpdump, frames written against frames
-//! sent. Alongside: CPU per core (from /proc/stat), the recorder's CPU and peak memory, its own
+//! sent. Alongside: CPU per core (from /proc/stat), the recorder's CPU (also per thread) and peak memory, its own
 //! drop counters, and bytes written.
 //!
 //! Needs root (network namespaces, XDP). Uses scripts/rig.sh with a name unique to the run and
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 
-use crate::measure::{cpu_seconds, status_kib};
+use crate::measure::{cpu_seconds, status_kib, thread_cpu_seconds};
 use crate::traffic::Workload;
 
 pub struct LiveOpts {
@@ -366,6 +366,7 @@ fn one_run(rig: &Rig, o: &LiveOpts, trash: &mut Trash, mode: &str, calls: u32, f
     let pid = rec.as_ref().map(|c| c.id().to_string());
     let cpu0 = cpu_times();
     let rcpu0 = pid.as_deref().and_then(cpu_seconds).unwrap_or(0.0);
+    let threads0 = pid.as_deref().map(thread_cpu_seconds).unwrap_or_default();
     let t0 = Instant::now();
     let (ns, iface) = if o.inject == "phone" { ("a", "eth0") } else { ("sw", "cap0") };
     let mut sender = rig.in_ns(ns, &o.generator);
@@ -394,6 +395,18 @@ fn one_run(rig: &Rig, o: &LiveOpts, trash: &mut Trash, mode: &str, calls: u32, f
     let wall = t0.elapsed().as_secs_f64();
     let cpu1 = cpu_times();
     let rcpu1 = pid.as_deref().and_then(cpu_seconds).unwrap_or(0.0);
+    // Threads started during the run (the writing and sync threads start with the first
+    // recording) count from zero.
+    let threads: serde_json::Map<String, Value> = pid
+        .as_deref()
+        .map(thread_cpu_seconds)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, s)| {
+            let before = threads0.get(&name).copied().unwrap_or(0.0);
+            (name, json!(((s - before) * 100.0).round() / 100.0))
+        })
+        .collect();
     let hwm_mib = pid.as_deref().and_then(|p| status_kib(p, "VmHWM")).unwrap_or(0) as f64 / 1024.0;
     // Let the last packets drain and the calls' linger pass before stopping. tcpdump needs more
     // than its 1 s packet-buffer timeout: TPACKET_V3 hands a partly filled block to libpcap only
@@ -413,7 +426,7 @@ fn one_run(rig: &Rig, o: &LiveOpts, trash: &mut Trash, mode: &str, calls: u32, f
         "offered_pps": sent["pps"], "steady_pps": w.steady_pps(), "frames_sent": frames_sent, "rtp_sent": rtp_sent,
         "generator_max_lag_ms": sent["max_lag_ms"], "generator_xmit_drops": sent["xmit_drops"], "noise_sent": sent["noise_sent"], "mirror_rx_packets": rx_after.saturating_sub(rx_before),
         "wall_s": wall, "cpu_busy_percent_per_core": cores,
-        "recorder_cpu_s": rcpu1 - rcpu0, "recorder_peak_rss_mib": hwm_mib,
+        "recorder_cpu_s": rcpu1 - rcpu0, "recorder_cpu_s_by_thread": threads, "recorder_peak_rss_mib": hwm_mib,
     });
     let Some(child) = rec else {
         // Nothing recorded: an empty directory, not worth a wait.

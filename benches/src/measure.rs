@@ -29,12 +29,31 @@ pub fn rss_mib() -> f64 {
 
 /// User + system CPU seconds of a process (all threads).
 pub fn cpu_seconds(pid: &str) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_seconds(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// User + system CPU seconds from the text of a `/proc/.../stat` file.
+fn stat_cpu_seconds(s: &str) -> Option<f64> {
     // Fields after the parenthesised command name; utime and stime are the 14th and 15th fields.
     let rest = &s[s.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     let tick = 100.0; // USER_HZ on Linux
     Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / tick)
+}
+
+/// User + system CPU seconds of each of a process's threads now alive, summed by thread name
+/// (`callrec-worker-` for every worker: names are cut at 15 bytes).
+pub fn thread_cpu_seconds(pid: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return by_name };
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else { continue };
+        let name = stat.find('(').zip(stat.rfind(')')).map(|(a, b)| stat[a + 1..b].to_string());
+        if let (Some(name), Some(cpu)) = (name, stat_cpu_seconds(&stat)) {
+            *by_name.entry(name).or_insert(0.0) += cpu;
+        }
+    }
+    by_name
 }
 
 pub fn memory_bench(calls: u32, duration: f64, ramp: f64, dir: &Path) -> Result<Value> {
