@@ -365,9 +365,9 @@ impl StoreSink<'_> {
 
     /// Whether a finished recording's pages are dropped from the page cache once it is durable
     /// (off by default). Live capture turns it on: calls end all the time there, and the writes
-    /// of the calls still going on reuse the freed pages; in a live run with 6,000 calls going on
-    /// and 300 ending a second the writing threads used 7.2-8.3 s of CPU against 13.5 without
-    /// (docs/BENCHMARKS.md). An import finishes most of its recordings at the end of its input,
+    /// of the calls still going on reuse the freed pages; in live runs with 6,000 calls going on
+    /// and 300 ending a second the writing threads used 7.0-8.3 s of CPU against 9.0-13.5 s
+    /// without, and the whole recorder less in 9 of 9 pairs (docs/BENCHMARKS.md). An import finishes most of its recordings at the end of its input,
     /// where dropping them would only add time (3-8 % here) that the kernel's own eviction spends
     /// later. A long call's pages go while it lasts either way ([`writeback`]).
     pub fn set_forget_finished(&mut self, on: bool) {
