@@ -7,8 +7,8 @@
 //! Loss is counted from what the generator sent: RTP packets recorded in the index (the sum of
 //! every stream's packet count) against RTP packets sent, and calls recorded complete (both
 //! streams with every packet) against calls placed. For tcpdump, frames written against frames
-//! sent. Alongside: CPU per core (from /proc/stat), the recorder's CPU (also per thread) and peak memory, its own
-//! drop counters, and bytes written.
+//! sent. Alongside: CPU per core (from /proc/stat), the recorder's CPU (also per thread) and peak
+//! memory, its own drop counters, and bytes written.
 //!
 //! Needs root (network namespaces, XDP). Uses scripts/rig.sh with a name unique to the run and
 //! takes the rig down afterwards.

@@ -367,9 +367,10 @@ impl StoreSink<'_> {
     /// (off by default). Live capture turns it on: calls end all the time there, and the writes
     /// of the calls still going on reuse the freed pages; in live runs with 6,000 calls going on
     /// and 300 ending a second the writing threads used 7.0-8.3 s of CPU against 9.0-13.5 s
-    /// without, and the whole recorder less in 9 of 9 pairs (docs/BENCHMARKS.md). An import finishes most of its recordings at the end of its input,
-    /// where dropping them would only add time (3-8 % here) that the kernel's own eviction spends
-    /// later. A long call's pages go while it lasts either way ([`writeback`]).
+    /// without, and the whole recorder less in 9 of 9 pairs (docs/BENCHMARKS.md). An import
+    /// finishes most of its recordings at the end of its input, where dropping them would only
+    /// add time (3-8 % here) that the kernel's own eviction spends later. A long call's pages go
+    /// while it lasts either way ([`writeback`]).
     pub fn set_forget_finished(&mut self, on: bool) {
         self.forget_finished = on;
     }

@@ -141,7 +141,7 @@ impl Writeback {
     }
 
     /// See [`WriteQueue::forget`].
-    pub fn forget(&self, path: &Arc<str>) -> bool {
+    pub fn forget(&self, path: &Arc<str>) {
         self.queue.forget(path)
     }
 
@@ -180,13 +180,11 @@ impl WriteQueue {
     /// Asks the writing thread to drop the recording at `path` from the page cache: call it once
     /// the recording is finished and durable (its pages are clean, so they are freed, not
     /// written). Never blocks: with the queue full the hint is skipped and the kernel evicts the
-    /// pages in its own time. Returns whether it was queued.
-    pub(crate) fn forget(&self, path: &Arc<str>) -> bool {
-        if self.tx.try_send(Req::Forget(path.clone())).is_err() {
-            return false;
+    /// pages in its own time.
+    pub(crate) fn forget(&self, path: &Arc<str>) {
+        if self.tx.try_send(Req::Forget(path.clone())).is_ok() {
+            self.sent.fetch_add(1, Ordering::Relaxed);
         }
-        self.sent.fetch_add(1, Ordering::Relaxed);
-        true
     }
 }
 
