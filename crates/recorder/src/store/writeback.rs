@@ -205,13 +205,18 @@ fn run(rx: &Receiver<Req>, pool: &Sender<Vec<u8>>, s: &Shared) {
         // Crossing a step: what lies more than a step behind goes from the page cache.
         let old = (end / FORGET_STEP).saturating_sub(1) * FORGET_STEP;
         let forget_to = (w.at / FORGET_STEP != end / FORGET_STEP && old > 0).then_some(old);
-        let r = match &w.file {
-            Some(f) => (&**f).write_all(&w.buf).map(|()| forget_to.map(|n| forget(f, n))),
-            None => std::fs::OpenOptions::new()
-                .append(true)
-                .open(Path::new(&*w.path))
-                .and_then(|mut f| f.write_all(&w.buf).map(|()| forget_to.map(|n| forget(&f, n)))),
+        let mut opened: Option<File> = None;
+        let file = match &w.file {
+            Some(f) => Ok(&**f),
+            None => std::fs::OpenOptions::new().append(true).open(Path::new(&*w.path)).map(|f| &*opened.insert(f)),
         };
+        let r = file.and_then(|mut f| {
+            f.write_all(&w.buf)?;
+            if let Some(n) = forget_to {
+                forget(f, n);
+            }
+            Ok(())
+        });
         if let Err(e) = r
             && let Ok(mut errs) = s.errors.lock()
             && errs.len() < MAX_ERRORS
