@@ -9,6 +9,7 @@ pub mod decode;
 pub mod defrag;
 pub mod live;
 pub mod pcap;
+pub mod prefetch;
 pub mod synth;
 
 pub use decode::{DecodeError, Decoded, Decoder, Held, Ignored, Packet, Transport};

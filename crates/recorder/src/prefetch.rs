@@ -1,17 +1,5 @@
-//! A cache prefetch hint, in one place so the unsafe intrinsic and its target switch are written
-//! once. The per-packet path prefetches the table entries of packets a few places ahead in a
-//! batch (see `Engine::handle_batch`): with tens of thousands of calls each entry is a miss, and
-//! asking for several at once overlaps their latency.
+//! The cache prefetch hint of the per-packet path (see `Engine::handle_batch`): with tens of
+//! thousands of calls every table entry is a miss, and asking for several at once overlaps their
+//! latency. Defined once, in `capture_core::prefetch`, which the AF_XDP reader uses too.
 
-/// Asks the CPU to bring the cache line holding `p` into all cache levels. Never faults and has
-/// no effect on what the program computes.
-#[inline(always)]
-pub fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint; it never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
+pub use capture_core::prefetch::prefetch;
