@@ -54,6 +54,12 @@ fn xerr(iface: &str, queue: u32, what: impl std::fmt::Display) -> LiveError {
     LiveError::AfXdp { iface: iface.to_string(), queue, what: what.to_string() }
 }
 
+/// Frames ahead of the one handled whose first lines are asked for (see [`AfXdpSource::poll`]).
+const AHEAD: usize = 4;
+/// Bytes of a frame asked for ahead: the headers and a G.711 packet's payload (214 bytes on the
+/// wire) are four lines.
+const PREFETCH_BYTES: usize = 256;
+
 impl AfXdpSource {
     /// Opens the socket of `queue` on `iface` and registers it in `filter`'s XSKMAP.
     pub fn open(filter: &mut XdpFilter, queue: u32, cfg: AfXdpConfig) -> Result<AfXdpSource, LiveError> {
@@ -120,26 +126,14 @@ impl AfXdpSource {
         }
         Ok(AfXdpSource { iface, queue, zero_copy, umem, rx, fq, _tx: tx, _cq: cq, descs, packets: 0, bytes: 0 })
     }
-}
 
-/// Frames ahead of the one handled whose first lines are asked for (see [`AfXdpSource::poll`]).
-const AHEAD: usize = 4;
-/// Bytes of a frame asked for ahead: the headers and a G.711 packet's payload (214 bytes on the
-/// wire) are four lines.
-const PREFETCH_BYTES: usize = 256;
-
-impl AfXdpSource {
     #[inline]
     fn prefetch_frame(&self, d: &FrameDesc) {
         // SAFETY: the descriptor came from the rx ring, so it names a frame of this UMEM that
         // is ours until it goes back to the fill ring; nothing is read here.
-        let data = unsafe { self.umem.data(d) };
-        let p = data.contents().as_ptr();
-        let len = data.contents().len().min(PREFETCH_BYTES);
-        let mut off = 0;
-        while off < len {
-            crate::prefetch::prefetch(p.wrapping_add(off));
-            off += 64;
+        let bytes = unsafe { self.umem.data(d) }.contents();
+        for off in (0..bytes.len().min(PREFETCH_BYTES)).step_by(64) {
+            crate::prefetch::prefetch(bytes.as_ptr().wrapping_add(off));
         }
     }
 }
