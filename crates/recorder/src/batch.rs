@@ -43,6 +43,12 @@ impl Batch {
         self.packets.len() >= BATCH_FRAMES || self.data.len() >= BATCH_BYTES
     }
 
+    /// Holds more than a batch filled until [`Batch::full`] can: more than [`BATCH_FRAMES`]
+    /// packets, or more than [`BATCH_BYTES`] and one largest datagram's payload.
+    fn oversized(&self) -> bool {
+        self.packets.len() > BATCH_FRAMES || self.data.len() > BATCH_BYTES + usize::from(u16::MAX)
+    }
+
     pub fn len(&self) -> usize {
         self.packets.len()
     }
@@ -68,7 +74,10 @@ impl Batch {
 /// packets no worker wanted (UDP neither SIP nor media of a known call). Leaves `staged` empty.
 ///
 /// With one worker whose batch is empty, the routed packets stay where they are and `staged`
-/// becomes the worker's batch: no copy.
+/// becomes the worker's batch: no copy. Unless `staged` holds more than a batch: then it is
+/// copied into batches of the usual size like with several workers, so that what a worker's
+/// queue and pool hold stays bounded by their number of batches (callers should stage a batch
+/// at a time, and keep this path).
 pub fn steer(
     staged: &mut Batch,
     steering: &mut Steering,
@@ -82,6 +91,7 @@ pub fn steer(
     staged.packets.iter().take(AHEAD_SLOT).for_each(|a| steering.prefetch(&a.packet(&staged.data)));
     if let [only] = batches
         && only.is_empty()
+        && !staged.oversized()
     {
         // Keep the routed packets in place (their payloads do not move), then swap.
         let Batch { data, packets } = staged;
@@ -143,14 +153,13 @@ mod tests {
         Packet { src, dst, sport, dport, transport, payload: &frame[frame.len() - len..] }
     }
 
+    fn flow(sport: u16, dport: u16) -> Flow {
+        Flow { src: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), dst: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), sport, dport }
+    }
+
     #[test]
     fn a_pushed_packet_comes_back_with_its_addresses_time_and_payload() {
-        let f = Flow {
-            src: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
-            dst: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
-            sport: 4000,
-            dport: 5004,
-        };
+        let f = flow(4000, 5004);
         let frames: Vec<Vec<u8>> = (0..3u8).map(|i| udp_frame(&f, &vec![i; 10 + i as usize])).collect();
         let mut b = Batch::default();
         for (i, fr) in frames.iter().enumerate() {
@@ -166,5 +175,42 @@ mod tests {
         }
         b.clear();
         assert!(b.is_empty() && b.data.is_empty());
+    }
+
+    /// With one worker, more than a batch staged at once (an AF_PACKET block's worth) reaches
+    /// the worker as batches of the usual size, every packet once and in order.
+    #[test]
+    fn one_worker_gets_an_oversized_stage_in_batches_of_the_usual_size() {
+        let f = flow(5060, 5060);
+        let sip = |i: usize| {
+            format!("OPTIONS sip:b@x SIP/2.0\r\nCall-ID: c{i}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+        };
+        let frames: Vec<Vec<u8>> = (0..3 * BATCH_FRAMES + 7).map(|i| udp_frame(&f, sip(i).as_bytes())).collect();
+        let mut staged = Batch::default();
+        for (i, fr) in frames.iter().enumerate() {
+            staged.push(i as i64, &decoded(fr));
+        }
+        assert!(staged.oversized());
+        let mut steering = Steering::new(crate::steer::SteerConfig { workers: 1, ..Default::default() });
+        let (mut learned, mut kernel) = (Vec::new(), Vec::new());
+        let mut batches = vec![Batch::default()];
+        let mut sent = Vec::new();
+        let unmatched = steer(&mut staged, &mut steering, &mut learned, &mut kernel, &mut batches, |_, b| {
+            sent.push(std::mem::take(b));
+        });
+        assert_eq!(unmatched, 0);
+        assert!(staged.is_empty());
+        sent.push(std::mem::take(&mut batches[0]));
+        assert!(sent.iter().all(|b| b.len() <= BATCH_FRAMES && !b.oversized()), "a batch over the usual size went out");
+        let times: Vec<i64> = sent.iter().flat_map(|b| b.packets.iter().map(|h| h.ts)).collect();
+        assert_eq!(times, (0..frames.len() as i64).collect::<Vec<_>>());
+        // A batch's worth still takes the no-copy path: the staged buffer itself is handed on.
+        for (i, fr) in frames.iter().take(BATCH_FRAMES / 2).enumerate() {
+            staged.push(i as i64, &decoded(fr));
+        }
+        let at = staged.data.as_ptr();
+        steer(&mut staged, &mut steering, &mut learned, &mut kernel, &mut batches, |_, _| {});
+        assert_eq!(batches[0].data.as_ptr(), at);
+        assert_eq!(batches[0].len(), BATCH_FRAMES / 2);
     }
 }
