@@ -29,7 +29,8 @@ pub struct LiveOpts {
     pub loads: Vec<u32>,
     pub duration: f64,
     pub ramp: f64,
-    pub workers: u32,
+    /// callrec's `--workers` (None: its default, the cores its readers leave).
+    pub workers: Option<u32>,
     /// Background frames after every call frame (0: the mirror carries only the calls).
     pub noise: u32,
     /// Where the generator sends: "phone" (phone A's interface, mirrored by the switch),
@@ -127,19 +128,8 @@ fn start_recorder(rig: &Rig, o: &LiveOpts, mode: &str, run_dir: &Path) -> Result
         .in_ns("cap", &o.callrec)
         .arg("--store")
         .arg(&store)
-        .args([
-            "capture",
-            "--iface",
-            "mirror0",
-            "--mode",
-            mode,
-            "--af-xdp-crate",
-            xsk_crate,
-            "--workers",
-            &o.workers.to_string(),
-            "--log-interval",
-            "0",
-        ])
+        .args(["capture", "--iface", "mirror0", "--mode", mode, "--af-xdp-crate", xsk_crate, "--log-interval", "0"])
+        .args(o.workers.map(|n| format!("--workers={n}")))
         .args(o.xdp_frames.map(|n| format!("--xdp-frames={n}")))
         .stdout(std::fs::File::create(run_dir.join("status.json"))?)
         .stderr(std::fs::File::create(run_dir.join("capture.err"))?)

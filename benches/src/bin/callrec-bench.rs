@@ -122,8 +122,9 @@ enum Cmd {
         /// Seconds over which calls start.
         #[arg(long, default_value_t = 2.0)]
         ramp: f64,
-        #[arg(long, default_value_t = 2)]
-        workers: u32,
+        /// callrec's `--workers` [default: callrec's own, the cores its reader leaves: 1 on 2 cores]
+        #[arg(long)]
+        workers: Option<u32>,
         /// Background frames (not SIP, not RTP) after every call frame, as on a busy mirror port.
         #[arg(long, default_value_t = 0)]
         noise: u32,

@@ -3,7 +3,7 @@
 //! Threads and what flows between them:
 //!
 //! ```text
-//!  reader (one per interface queue)          worker (one per core)            main thread
+//!  reader (one per interface queue)          worker (spare cores)             main thread
 //!  ring → decode (+IP reassembly)            decode → Engine → StoreSink      signals, XDP maps,
 //!       → Steering (Call-ID / endpoint)  ──▶  (its own index connection)      status file, logs
 //!       → batch for worker W (1 copy)   batches over bounded crossbeam queues
@@ -91,7 +91,8 @@ pub struct CaptureArgs {
     /// the interface's queues for xdp, 1 otherwise].
     #[arg(long, value_name = "N")]
     pub queues: Option<u32>,
-    /// Worker threads that assemble and store calls [default: available cores, at most 8].
+    /// Worker threads that assemble and store calls [default: the cores left after one per receive
+    /// queue (the readers), at least 1, at most 8].
     #[arg(long, value_name = "N")]
     pub workers: Option<u32>,
     /// SIP signalling port kept by the XDP filter (repeat; default 5060 and 5061).
@@ -186,6 +187,18 @@ fn parse_range(s: &str) -> Result<(u16, u16)> {
     Ok((lo, hi))
 }
 
+/// Workers when `--workers` is not given: the cores the readers leave, at least one, at most 8.
+///
+/// Why not one per core: under load a reader never sleeps (it spins on its ring while frames
+/// flow), so a worker placed on its core takes time from the one thread that cannot catch up
+/// later, and the workers, their writing threads and the reader preempt one another all the time.
+/// On this project's 2-core rig, at 8,000 calls going on with calls ending all the time, one worker
+/// lost far less than two and used less CPU and memory (docs/BENCHMARKS.md, "One worker or two on
+/// two cores").
+fn default_workers(cpus: usize, readers: usize) -> u32 {
+    cpus.saturating_sub(readers).clamp(1, 8) as u32
+}
+
 /// Batches a worker's queue holds before the reader drops (and counts) frames for it.
 const QUEUE_BATCHES: usize = 1024;
 
@@ -240,10 +253,6 @@ pub fn run(dir: &Path, args: CaptureArgs, user: &str) -> Result<ExitCode> {
     let sip_ports = if args.sip_ports.is_empty() { vec![5060, 5061] } else { args.sip_ports.clone() };
     let media_range = args.media_ports.as_deref().map(parse_range).transpose()?;
     let xdp_cfg = xdp_config(args.xdp_frames)?;
-    let workers = args
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32).min(8))
-        .max(1);
     let idle_ns = args.media_idle_timeout.unwrap_or(600) as i64 * 1_000_000_000;
 
     // Sources first: a missing interface or capability fails before anything starts.
@@ -290,6 +299,8 @@ pub fn run(dir: &Path, args: CaptureArgs, user: &str) -> Result<ExitCode> {
         }
         promisc.push(Promisc::enable(iface).with_context(|| format!("promiscuous mode on {iface}"))?);
     }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = args.workers.unwrap_or_else(|| default_workers(cpus, sources.len())).max(1);
     let started = now_ns();
     eprintln!(
         "callrec: capturing on {} with {workers} worker(s) into {}; SIGINT or SIGTERM stops",
@@ -911,6 +922,17 @@ mod tests {
 
     /// `--xdp-frames` sizes the UMEM and both rings; a value the kernel would refuse is named
     /// with the flag before any interface is touched, and the file's value yields to the flag.
+    #[test]
+    fn workers_default_to_the_cores_the_readers_leave() {
+        assert_eq!(default_workers(2, 1), 1);
+        assert_eq!(default_workers(4, 1), 3);
+        assert_eq!(default_workers(16, 4), 8);
+        assert_eq!(default_workers(16, 12), 4);
+        // Never none: more readers than cores still get a worker.
+        assert_eq!(default_workers(1, 1), 1);
+        assert_eq!(default_workers(2, 4), 1);
+    }
+
     #[test]
     fn xdp_frames_must_be_a_power_of_two_in_range() {
         let d = AfXdpConfig::default();
