@@ -39,6 +39,8 @@ pub struct LiveOpts {
     pub inject: String,
     /// callrec's `--xdp-frames` (None: its default).
     pub xdp_frames: Option<u32>,
+    /// callrec's `--pipeline` (None: its default).
+    pub pipeline: Option<String>,
     /// Where recordings and captures are written: "work" (`work` itself) or "journal" (a
     /// journaled ext4 made for this bench on a loop device under `work`, see [`StoreFs`]).
     pub store_fs: String,
@@ -131,6 +133,7 @@ fn start_recorder(rig: &Rig, o: &LiveOpts, mode: &str, run_dir: &Path) -> Result
         .args(["capture", "--iface", "mirror0", "--mode", mode, "--af-xdp-crate", xsk_crate, "--log-interval", "0"])
         .args(o.workers.map(|n| format!("--workers={n}")))
         .args(o.xdp_frames.map(|n| format!("--xdp-frames={n}")))
+        .args(o.pipeline.as_ref().map(|p| format!("--pipeline={p}")))
         .stdout(std::fs::File::create(run_dir.join("status.json"))?)
         .stderr(std::fs::File::create(run_dir.join("capture.err"))?)
         .spawn()
@@ -525,6 +528,6 @@ pub fn run(o: &LiveOpts) -> Result<Value> {
         }
     }
     Ok(
-        json!({"bench": "live", "inject": o.inject, "xdp_frames": o.xdp_frames, "store_fs": o.store_fs, "duration_s": o.duration, "ramp_s": o.ramp, "workers": o.workers, "ceiling": ceiling, "runs": runs}),
+        json!({"bench": "live", "inject": o.inject, "xdp_frames": o.xdp_frames, "pipeline": o.pipeline, "store_fs": o.store_fs, "duration_s": o.duration, "ramp_s": o.ramp, "workers": o.workers, "ceiling": ceiling, "runs": runs}),
     )
 }

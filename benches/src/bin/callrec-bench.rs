@@ -140,6 +140,10 @@ enum Cmd {
         /// callrec's].
         #[arg(long, value_name = "N")]
         xdp_frames: Option<u32>,
+        /// callrec's `--pipeline` (`inline`: the one worker on the reader's thread; `queued`: on
+        /// its own thread behind a queue) [default: callrec's, inline with one queue and worker].
+        #[arg(long, value_name = "HOW", value_parser = ["auto", "inline", "queued"])]
+        pipeline: Option<String>,
         /// Where recordings and captures go: `work` (the `--work` directory's own filesystem) or
         /// `journal` (a fresh journaled ext4 made for the bench on a loop device in `--work`, as
         /// an appliance's store would be; see `live::StoreFs` for why and docs/BENCHMARKS.md for
@@ -210,7 +214,20 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Memory { calls, duration, ramp, dir } => measure::memory_bench(calls, duration, ramp, &dir)?,
         Cmd::Flood { invites, stray_rtp, max_calls } => measure::flood_bench(invites, stray_rtp, max_calls)?,
-        Cmd::Live { loads, modes, duration, ramp, workers, noise, inject, xdp_frames, store_fs, work, out } => {
+        Cmd::Live {
+            loads,
+            modes,
+            duration,
+            ramp,
+            workers,
+            noise,
+            inject,
+            xdp_frames,
+            pipeline,
+            store_fs,
+            work,
+            out,
+        } => {
             let bin = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
             let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default();
             let opts = live::LiveOpts {
@@ -222,6 +239,7 @@ fn run(cli: Cli) -> Result<()> {
                 noise,
                 inject,
                 xdp_frames,
+                pipeline,
                 store_fs,
                 work,
                 callrec: bin.join("callrec"),

@@ -10,6 +10,11 @@
 //!  Learned ──▶ other readers   KernelChange ──▶ main (XDP media map)
 //! ```
 //!
+//! With one receive queue and one worker (the default on two cores) the worker runs inline
+//! instead: the reader hands each steered batch straight to its own `Engine` and `StoreSink`
+//! (`--pipeline`, [`runs_inline`]), so no queue, no second thread on the cores and no batch
+//! crossing between cores.
+//!
 //! A full worker queue drops the batch and counts it (never blocks the ring, whose own overflow
 //! the kernel counts). Readers run ahead of workers, and the store's writing threads behind them
 //! ([`recorder::priority`]): the ring is the shortest buffer. SIGINT/SIGTERM stop the readers;
@@ -72,6 +77,20 @@ pub enum XskCrate {
     Xdp,
 }
 
+/// Where the recording work runs (see `run`'s module doc and docs/BENCHMARKS.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pipeline {
+    /// Inline with one receive queue and one worker, queued otherwise.
+    #[default]
+    Auto,
+    /// The reader records what it steers itself, on its own thread (one receive queue, one
+    /// worker only).
+    Inline,
+    /// Readers hand batches to worker threads over bounded queues.
+    Queued,
+}
+
 /// Every setting of `capture`, as flags; each can also come from the TOML file of `--config`
 /// (same names, with `_` for `-`; flags win).
 #[derive(Debug, Default, clap::Args, Deserialize)]
@@ -95,6 +114,11 @@ pub struct CaptureArgs {
     /// queue (the readers), at least 1, at most 8].
     #[arg(long, value_name = "N")]
     pub workers: Option<u32>,
+    /// Where the worker runs when there is one receive queue and one worker: `inline` on the
+    /// reader's thread (no queue, no second copy, no hand-over between cores) or `queued` on a
+    /// thread of its own behind a queue of batches [default: auto, inline where it applies].
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub pipeline: Option<Pipeline>,
     /// SIP signalling port kept by the XDP filter (repeat; default 5060 and 5061).
     #[arg(long = "sip-port", value_name = "PORT")]
     #[serde(default)]
@@ -111,7 +135,7 @@ pub struct CaptureArgs {
     pub af_xdp_crate: Option<XskCrate>,
     /// UMEM frames (2 KiB each) of every AF_XDP socket, and the size of its fill and receive
     /// rings: a power of two from 64 to 1,048,576 [default 32768: 64 MiB, about 32 ms of frames at
-    /// 1 Mpps]. The frames are the only buffer between the kernel and the reader; one that is not
+    /// 1 Mpps; 65536 when the worker runs inline (`--pipeline`), where no queue follows them]. The frames are the only buffer between the kernel and the reader; one that is not
     /// scheduled for longer than they last loses frames (`ring_drops`/`other_drops`).
     #[arg(long, value_name = "N")]
     pub xdp_frames: Option<u32>,
@@ -148,6 +172,7 @@ impl CaptureArgs {
         self.mode = self.mode.or(file.mode);
         self.queues = self.queues.or(file.queues);
         self.workers = self.workers.or(file.workers);
+        self.pipeline = self.pipeline.or(file.pipeline);
         self.media_ports = self.media_ports.or(file.media_ports);
         self.xdp_generic |= file.xdp_generic;
         self.af_xdp_crate = self.af_xdp_crate.or(file.af_xdp_crate);
@@ -161,10 +186,22 @@ impl CaptureArgs {
     }
 }
 
+/// AF_XDP frames per socket when the worker runs inline and `--xdp-frames` is not given: twice
+/// the default, 128 MiB. With no queue behind it the UMEM is the only buffer between the kernel
+/// and the recording work, so it takes over part of the queue's job: on the live bench at 6,000
+/// calls going on, inline with 32,768 frames lost 1,608 and 3,214 frames at the socket in two of
+/// three runs, with 65,536 none in three (docs/BENCHMARKS.md, "The worker inline").
+const INLINE_XDP_FRAMES: u32 = 65536;
+
 /// The AF_XDP socket sizes for `--xdp-frames` (checked here, so that a bad value is named before
-/// any interface is touched).
-fn xdp_config(frames: Option<u32>) -> Result<AfXdpConfig> {
+/// any interface is touched); without it, the default, or [`INLINE_XDP_FRAMES`] for an inline
+/// worker.
+fn xdp_config(frames: Option<u32>, inline: bool) -> Result<AfXdpConfig> {
     let mut cfg = AfXdpConfig::default();
+    if inline {
+        cfg.frames = INLINE_XDP_FRAMES;
+        cfg.ring = INLINE_XDP_FRAMES;
+    }
     if let Some(n) = frames {
         if !n.is_power_of_two() || !(64..=1 << 20).contains(&n) {
             bail!("--xdp-frames {n}: must be a power of two from 64 to 1048576 (e.g. 32768 or 65536)");
@@ -197,6 +234,26 @@ fn parse_range(s: &str) -> Result<(u16, u16)> {
 /// two cores").
 fn default_workers(cpus: usize, readers: usize) -> u32 {
     cpus.saturating_sub(readers).clamp(1, 8) as u32
+}
+
+/// Whether the one worker runs on the reader's thread (see [`Pipeline`]).
+///
+/// Why inline where it applies: with one reader and one worker, a queue between them buys a
+/// buffer (the AF_XDP frames are one too: 32 ms at 1 Mpps by default) at the price of a second
+/// thread on the cores, the hand-over of every batch between cores and the sleeps and wake-ups of
+/// a worker waiting for the next one (docs/BENCHMARKS.md, "The worker inline on the reader's
+/// thread").
+fn runs_inline(pipeline: Pipeline, readers: usize, workers: u32) -> Result<bool> {
+    let one_each = readers == 1 && workers == 1;
+    match pipeline {
+        Pipeline::Auto => Ok(one_each),
+        Pipeline::Inline if one_each => Ok(true),
+        Pipeline::Inline => bail!(
+            "--pipeline inline needs one receive queue and one worker, and there are {readers} queue(s) and \
+             {workers} worker(s): add --queues 1 --workers 1, or use --pipeline queued"
+        ),
+        Pipeline::Queued => Ok(false),
+    }
 }
 
 /// Batches a worker's queue holds before the reader drops (and counts) frames for it.
@@ -252,7 +309,17 @@ pub fn run(dir: &Path, args: CaptureArgs, user: &str) -> Result<ExitCode> {
     let mode = args.mode.unwrap_or(Mode::Xdp);
     let sip_ports = if args.sip_ports.is_empty() { vec![5060, 5061] } else { args.sip_ports.clone() };
     let media_range = args.media_ports.as_deref().map(parse_range).transpose()?;
-    let xdp_cfg = xdp_config(args.xdp_frames)?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pipeline = args.pipeline.unwrap_or_default();
+    // Whether the worker will run inline, from the configuration (the sources opened below must
+    // agree; it only sizes the AF_XDP frames).
+    let planned_inline = mode == Mode::Xdp && {
+        let readers: usize =
+            args.ifaces.iter().map(|i| args.queues.unwrap_or_else(|| capture_core::live::rx_queues(i)) as usize).sum();
+        let workers = args.workers.unwrap_or_else(|| default_workers(cpus, readers)).max(1);
+        runs_inline(pipeline, readers, workers).unwrap_or(false)
+    };
+    let xdp_cfg = xdp_config(args.xdp_frames, planned_inline)?;
     let idle_ns = args.media_idle_timeout.unwrap_or(600) as i64 * 1_000_000_000;
 
     // Sources first: a missing interface or capability fails before anything starts.
@@ -299,32 +366,38 @@ pub fn run(dir: &Path, args: CaptureArgs, user: &str) -> Result<ExitCode> {
         }
         promisc.push(Promisc::enable(iface).with_context(|| format!("promiscuous mode on {iface}"))?);
     }
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = args.workers.unwrap_or_else(|| default_workers(cpus, sources.len())).max(1);
+    let inline = runs_inline(pipeline, sources.len(), workers)?;
     let started = now_ns();
     eprintln!(
-        "callrec: capturing on {} with {workers} worker(s) into {}; SIGINT or SIGTERM stops",
+        "callrec: capturing on {} with {workers} worker(s){} into {}; SIGINT or SIGTERM stops",
         modes.join("; "),
+        if inline { " inline on the reader's thread" } else { "" },
         dir.display()
     );
     store.index.audit(user, "capture-start", &args.ifaces.join(","), &format!("mode {}", mode.as_str()))?;
     drop(store);
 
-    // Workers.
+    // Workers: on threads of their own behind queues, or the one worker inline in the reader.
     let mut links = Vec::new();
     let mut worker_stats = Vec::new();
     let mut worker_threads = Vec::new();
+    let mut inline_worker = None;
     for w in 0..workers {
+        let stats = Arc::new(WorkerStats::default());
+        worker_stats.push(Arc::clone(&stats));
+        if inline {
+            inline_worker = Some(InlineWorker { dir: dir.to_path_buf(), stats });
+            continue;
+        }
         let (tx, rx) = bounded::<Batch>(QUEUE_BATCHES);
         let (pool_tx, pool_rx) = bounded::<Batch>(QUEUE_BATCHES + 64);
-        let stats = Arc::new(WorkerStats::default());
-        let (d, st) = (dir.to_path_buf(), Arc::clone(&stats));
+        let d = dir.to_path_buf();
         let handle = std::thread::Builder::new()
             .name(format!("callrec-worker-{w}"))
-            .spawn(move || worker(&d, workers as usize, rx, pool_tx, &st))
+            .spawn(move || worker(&d, workers as usize, rx, pool_tx, &stats))
             .context("starting a worker thread")?;
         links.push(WorkerLink { tx, pool: pool_rx });
-        worker_stats.push(stats);
         worker_threads.push(handle);
     }
     let links = Arc::new(links);
@@ -348,6 +421,7 @@ pub fn run(dir: &Path, args: CaptureArgs, user: &str) -> Result<ExitCode> {
             peers,
             learn_rx,
             media_maps: filters.iter().map(XdpFilter::media).collect(),
+            inline: inline_worker.take(),
             // Steering tracks as many calls as the workers' engines can hold between them.
             steer: SteerConfig {
                 workers,
@@ -359,7 +433,7 @@ pub fn run(dir: &Path, args: CaptureArgs, user: &str) -> Result<ExitCode> {
         reader_threads.push(
             std::thread::Builder::new()
                 .name(format!("callrec-reader-{i}"))
-                .spawn(move || reader(src, ctx))
+                .spawn(move || reader(src, ctx, workers as usize))
                 .context("starting a reader thread")?,
         );
         reader_stats.push(stats);
@@ -377,8 +451,13 @@ pub fn run(dir: &Path, args: CaptureArgs, user: &str) -> Result<ExitCode> {
     let mut prev_at = Instant::now();
     let mut pps = 0.0;
     let mut warned_drops = 0u64;
-    let view =
-        StatusView { started, mode: mode.as_str(), readers: &reader_labels, retention_days: args.retention_days };
+    let view = StatusView {
+        started,
+        mode: mode.as_str(),
+        pipeline: if inline { "inline" } else { "queued" },
+        readers: &reader_labels,
+        retention_days: args.retention_days,
+    };
     loop {
         let stopping = stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d);
         if stopping {
@@ -411,22 +490,20 @@ pub fn run(dir: &Path, args: CaptureArgs, user: &str) -> Result<ExitCode> {
 
     eprintln!("callrec: stopping: finishing calls in progress");
     readers_stop.store(true, Ordering::Relaxed);
-    for t in reader_threads {
-        if t.join().is_err() {
-            eprintln!("callrec: error: a reader thread panicked");
-        }
-    }
+    // Readers first (an inline worker ends its calls there), then the workers draining their queues.
     let mut worker_failed = false;
-    for t in worker_threads {
+    for (t, what) in
+        reader_threads.into_iter().map(|t| (t, "reader")).chain(worker_threads.into_iter().map(|t| (t, "worker")))
+    {
         match t.join() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 worker_failed = true;
-                eprintln!("callrec: error: worker: {e:#}");
+                eprintln!("callrec: error: {what}: {e:#}");
             }
             Err(_) => {
                 worker_failed = true;
-                eprintln!("callrec: error: a worker thread panicked");
+                eprintln!("callrec: error: a {what} thread panicked");
             }
         }
     }
@@ -474,9 +551,32 @@ struct ReaderCtx {
     learn_rx: Receiver<Learned>,
     media_maps: Vec<MediaMap>,
     steer: SteerConfig,
+    /// The one worker, run on this reader's thread (`--pipeline inline`).
+    inline: Option<InlineWorker>,
 }
 
-fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx) {
+/// What a reader needs to run the one worker itself.
+struct InlineWorker {
+    dir: PathBuf,
+    stats: Arc<WorkerStats>,
+}
+
+/// Where a reader's steered batches go: worker threads' queues, or its own inline worker.
+enum Downstream<'s> {
+    Queued(&'s [WorkerLink]),
+    Inline(Box<WorkerCore<'s>>),
+}
+
+impl Downstream<'_> {
+    fn deliver(&mut self, w: usize, b: &mut Batch, stats: &ReaderStats) {
+        match self {
+            Downstream::Queued(links) => send(&links[w], b, stats),
+            Downstream::Inline(core) => core.handle(b),
+        }
+    }
+}
+
+fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx, workers: usize) -> Result<()> {
     // Ahead of the workers and the writing threads: the socket's ring is the shortest buffer.
     if let Err(e) = recorder::priority::adjust_thread_nice(recorder::priority::READER_NICE) {
         eprintln!(
@@ -486,10 +586,19 @@ fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx) {
             recorder::priority::READER_NICE
         );
     }
+    let mut inline_store = match &ctx.inline {
+        Some(w) => Some((Store::open(&w.dir)?, Arc::clone(&w.stats))),
+        None => None,
+    };
+    let mut down = match &mut inline_store {
+        Some((store, stats)) => Downstream::Inline(Box::new(WorkerCore::new(store, workers, stats)?)),
+        None => Downstream::Queued(&ctx.links),
+    };
+    let inline = matches!(down, Downstream::Inline(_));
     let linktype = src.linktype();
     let mut decoder = Decoder::default();
     let mut steering = Steering::new(ctx.steer);
-    let mut batches: Vec<Batch> = ctx.links.iter().map(|_| Batch::default()).collect();
+    let mut batches: Vec<Batch> = (0..workers).map(|_| Batch::default()).collect();
     let mut staged = Batch::default();
     let mut learned = Vec::new();
     let mut kernel = Vec::new();
@@ -506,9 +615,9 @@ fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx) {
         // blocks of up to ~4,900 frames) and with one worker the staged batch itself goes to
         // the worker's queue: staged whole, a block's worth made every batch in the queue and
         // its pool 1 MiB instead of 256 KiB, and an overloaded capture 1.3 GiB resident.
-        let mut steer_staged = |staged: &mut Batch| {
+        let mut steer_staged = |staged: &mut Batch, down: &mut Downstream<'_>| {
             let unmatched = steer(staged, &mut steering, &mut learned, &mut kernel, &mut batches, |w, b| {
-                send(&ctx.links[w], b, &stats)
+                down.deliver(w, b, &stats)
             });
             stats.unmatched.fetch_add(unmatched, Ordering::Relaxed);
         };
@@ -519,7 +628,7 @@ fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx) {
                 Ok(Decoded::Packet(p)) => {
                     staged.push(ts, &p);
                     if staged.full() {
-                        steer_staged(&mut staged);
+                        steer_staged(&mut staged, &mut down);
                     }
                 }
                 Ok(Decoded::Ignored(_)) | Err(_) => {
@@ -527,7 +636,7 @@ fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx) {
                 }
             }
         });
-        steer_staged(&mut staged);
+        steer_staged(&mut staged, &mut down);
         let n = match res {
             Ok(n) => n,
             Err(e) => {
@@ -543,16 +652,25 @@ fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx) {
             }
         }
         apply_kernel(&ctx.media_maps, &mut kernel);
+        if let Downstream::Inline(core) = &mut down {
+            // No queue to fill: what was steered is recorded now, so the one batch is empty again
+            // for the next poll's packets to become it in place (`steer` copies none of them).
+            if !batches[0].is_empty() {
+                core.handle(&mut batches[0]);
+            }
+            // A poll's worth is often a few frames: the timers at most every millisecond.
+            core.housekeep(now_ns(), n > 0, 1_000_000);
+        }
         // One clock read per loop: on an idle wire this loop runs thousands of times a second.
         let now = Instant::now();
         // Partial batches go out every 5 ms, not whenever a poll comes back empty: an AF_XDP
         // ring is empty between bursts many times a millisecond, and flushing then sent batches of
         // 13 frames on average at 5,500 calls (live bench), so the 1,024-batch queue held 130 ms
         // of traffic instead of seconds, and a worker's 100-ms store tick overflowed it.
-        if now.duration_since(last_flush) >= Duration::from_millis(5) {
+        if !inline && now.duration_since(last_flush) >= Duration::from_millis(5) {
             for (w, b) in batches.iter_mut().enumerate() {
                 if !b.is_empty() {
-                    send(&ctx.links[w], b, &stats);
+                    down.deliver(w, b, &stats);
                 }
             }
             last_flush = now;
@@ -581,12 +699,16 @@ fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx) {
     }
     for (w, b) in batches.iter_mut().enumerate() {
         if !b.is_empty() {
-            send(&ctx.links[w], b, &stats);
+            down.deliver(w, b, &stats);
         }
     }
     let s = src.stats();
     stats.ring_drops.store(s.ring_drops, Ordering::Relaxed);
     stats.other_drops.store(s.other_drops, Ordering::Relaxed);
+    if let Downstream::Inline(core) = down {
+        core.finish();
+    }
+    Ok(())
 }
 
 /// Applies the steering's endpoint changes to every interface's XDP media map.
@@ -619,24 +741,83 @@ fn send(link: &WorkerLink, b: &mut Batch, stats: &ReaderStats) {
     }
 }
 
+/// A worker's recording work, wherever it runs: on a worker thread fed by a queue ([`worker`]),
+/// or on the reader's own thread (`--pipeline inline`).
+struct WorkerCore<'s> {
+    engine: Engine,
+    sink: recorder::store::StoreSink<'s>,
+    stats: &'s WorkerStats,
+    /// Capture time of the newest packet handled (see `store_clock`).
+    newest: Option<i64>,
+    last_tick: i64,
+}
+
+impl<'s> WorkerCore<'s> {
+    fn new(store: &'s mut Store, workers: usize, stats: &'s WorkerStats) -> Result<Self> {
+        let mut sink = store.recorder()?;
+        // The process's open-file limit is shared by every worker's recordings.
+        sink.set_open_file_budget(recorder::store::default_open_file_budget() / workers.max(1));
+        // Calls end all the time: their pages are freed for the writes of the calls still going on.
+        sink.set_forget_finished(true);
+        Ok(WorkerCore { engine: Engine::new(Config::default()), sink, stats, newest: None, last_tick: i64::MIN })
+    }
+
+    /// Records a batch and empties it.
+    fn handle(&mut self, batch: &mut Batch) {
+        let t = Instant::now();
+        self.engine.handle_batch(&batch.packets, &batch.data, &mut self.sink);
+        let stats = self.stats;
+        stats.max_batch_us.fetch_max(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        stats.packets.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        if let Some(last) = batch.last_ts() {
+            stats.lag_ns.store(now_ns().saturating_sub(last).max(0) as u64, Ordering::Relaxed);
+            self.newest = Some(last);
+        }
+        batch.clear();
+    }
+
+    /// Timers of the engine and the store: while `busy`, when `busy_gap_ns` passed since the
+    /// last time (0: after every batch); every 10 ms while idle.
+    fn housekeep(&mut self, now: i64, busy: bool, busy_gap_ns: i64) {
+        if !busy {
+            self.stats.lag_ns.store(0, Ordering::Relaxed);
+        }
+        let every = if busy { busy_gap_ns } else { 10_000_000 };
+        if now.saturating_sub(self.last_tick) < every {
+            return;
+        }
+        self.last_tick = now;
+        let t = Instant::now();
+        self.engine.poll(now, &mut self.sink);
+        self.sink.tick(store_clock(now, self.newest, busy));
+        self.stats.max_tick_us.fetch_max(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let stats = self.stats;
+        stats.active_calls.store(self.engine.active_calls() as u64, Ordering::Relaxed);
+        stats.calls_started.store(self.engine.stats().calls_started, Ordering::Relaxed);
+        stats.recorded.store(self.sink.recorded, Ordering::Relaxed);
+        stats.store_errors.store(self.sink.errors.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Ends every call in progress (`capture-ended`) and flushes the store.
+    fn finish(mut self: Box<Self>) {
+        self.engine.finish(&mut self.sink);
+        self.sink.flush();
+        self.publish();
+        for e in self.sink.errors.iter().take(10) {
+            eprintln!("callrec: store error: {e}");
+        }
+    }
+}
+
 fn worker(dir: &Path, workers: usize, rx: Receiver<Batch>, pool: Sender<Batch>, stats: &WorkerStats) -> Result<()> {
     let mut store = Store::open(dir)?;
-    let mut sink = store.recorder()?;
-    // The process's open-file limit is shared by every worker's recordings.
-    sink.set_open_file_budget(recorder::store::default_open_file_budget() / workers.max(1));
-    // Calls end all the time: their pages are freed for the writes of the calls still going on.
-    sink.set_forget_finished(true);
-    let mut engine = Engine::new(Config::default());
-    let publish = |engine: &Engine, sink: &recorder::store::StoreSink<'_>| {
-        stats.active_calls.store(engine.active_calls() as u64, Ordering::Relaxed);
-        stats.calls_started.store(engine.stats().calls_started, Ordering::Relaxed);
-        stats.recorded.store(sink.recorded, Ordering::Relaxed);
-        stats.store_errors.store(sink.errors.len() as u64, Ordering::Relaxed);
-    };
+    let mut core = Box::new(WorkerCore::new(&mut store, workers, stats)?);
     let mut idle = Duration::ZERO;
-    let mut last_tick = i64::MIN;
-    // Capture time of the newest packet handled (see `store_clock`).
-    let mut newest = None;
     loop {
         // Waits without spinning: crossbeam's blocking receive spins (PAUSE) and yields before
         // it sleeps, and with batches arriving every few milliseconds perf found the workers on
@@ -647,16 +828,7 @@ fn worker(dir: &Path, workers: usize, rx: Receiver<Batch>, pool: Sender<Batch>, 
         match rx.try_recv() {
             Ok(mut batch) => {
                 idle = Duration::ZERO;
-                let t = std::time::Instant::now();
-                engine.handle_batch(&batch.packets, &batch.data, &mut sink);
-                stats.max_batch_us.fetch_max(t.elapsed().as_micros() as u64, Ordering::Relaxed);
-                stats.packets.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                stats.batches.fetch_add(1, Ordering::Relaxed);
-                if let Some(last) = batch.last_ts() {
-                    stats.lag_ns.store(now_ns().saturating_sub(last).max(0) as u64, Ordering::Relaxed);
-                    newest = Some(last);
-                }
-                batch.clear();
+                core.handle(&mut batch);
                 let _ = pool.try_send(batch);
             }
             Err(crossbeam::channel::TryRecvError::Empty) => {
@@ -666,24 +838,9 @@ fn worker(dir: &Path, workers: usize, rx: Receiver<Batch>, pool: Sender<Batch>, 
             }
             Err(crossbeam::channel::TryRecvError::Disconnected) => break,
         }
-        let now = now_ns();
-        // Housekeeping after every batch, and every 10 ms while the queue is empty.
-        if !idle.is_zero() && now.saturating_sub(last_tick) < 10_000_000 {
-            continue;
-        }
-        last_tick = now;
-        let t = std::time::Instant::now();
-        engine.poll(now, &mut sink);
-        sink.tick(store_clock(now, newest, idle.is_zero()));
-        stats.max_tick_us.fetch_max(t.elapsed().as_micros() as u64, Ordering::Relaxed);
-        publish(&engine, &sink);
+        core.housekeep(now_ns(), idle.is_zero(), 0);
     }
-    engine.finish(&mut sink);
-    sink.flush();
-    publish(&engine, &sink);
-    for e in sink.errors.iter().take(10) {
-        eprintln!("callrec: store error: {e}");
-    }
+    core.finish();
     Ok(())
 }
 
@@ -711,6 +868,8 @@ fn store_clock(now: i64, newest: Option<i64>, busy: bool) -> i64 {
 struct StatusView<'a> {
     started: i64,
     mode: &'static str,
+    /// "inline" (the one worker on the reader's thread) or "queued".
+    pipeline: &'static str,
     readers: &'a [(String, u32, String)],
     retention_days: Option<u32>,
 }
@@ -771,6 +930,7 @@ impl StatusView<'_> {
             "pid": std::process::id(),
             "running": running,
             "mode": self.mode,
+            "pipeline": self.pipeline,
             "started": recorder::timefmt::rfc3339_ms(self.started),
             "updated": recorder::timefmt::rfc3339_ms(now_ns()),
             "uptime_s": (now_ns() - self.started) as f64 / 1e9,
@@ -833,9 +993,10 @@ pub fn status(dir: &Path, json_out: bool) -> Result<ExitCode> {
     } else {
         let t = &st["totals"];
         println!(
-            "capture {} (pid {pid}, mode {}, since {}, updated {})",
+            "capture {} (pid {pid}, mode {}, {} workers, since {}, updated {})",
             if running { "running" } else { "not running" },
             st["mode"].as_str().unwrap_or("?"),
+            st["pipeline"].as_str().unwrap_or("queued"),
             st["started"].as_str().unwrap_or("?"),
             st["updated"].as_str().unwrap_or("?")
         );
@@ -923,6 +1084,18 @@ mod tests {
     /// `--xdp-frames` sizes the UMEM and both rings; a value the kernel would refuse is named
     /// with the flag before any interface is touched, and the file's value yields to the flag.
     #[test]
+    fn the_worker_runs_inline_only_with_one_reader_and_one_worker() {
+        assert!(runs_inline(Pipeline::Auto, 1, 1).unwrap());
+        assert!(!runs_inline(Pipeline::Auto, 2, 1).unwrap());
+        assert!(!runs_inline(Pipeline::Auto, 1, 2).unwrap());
+        assert!(runs_inline(Pipeline::Inline, 1, 1).unwrap());
+        assert!(!runs_inline(Pipeline::Queued, 1, 1).unwrap());
+        let e = runs_inline(Pipeline::Inline, 4, 1).unwrap_err().to_string();
+        assert!(e.contains("4 queue(s)") && e.contains("--queues 1 --workers 1"), "{e}");
+        assert!(runs_inline(Pipeline::Inline, 1, 3).is_err());
+    }
+
+    #[test]
     fn workers_default_to_the_cores_the_readers_leave() {
         assert_eq!(default_workers(2, 1), 1);
         assert_eq!(default_workers(4, 1), 3);
@@ -936,12 +1109,18 @@ mod tests {
     #[test]
     fn xdp_frames_must_be_a_power_of_two_in_range() {
         let d = AfXdpConfig::default();
-        let c = xdp_config(None).unwrap();
+        let c = xdp_config(None, false).unwrap();
         assert_eq!((c.frames, c.ring), (d.frames, d.ring));
-        let c = xdp_config(Some(65536)).unwrap();
+        let c = xdp_config(Some(65536), false).unwrap();
         assert_eq!((c.frames, c.ring), (65536, 65536));
+        // Inline, the UMEM is the only buffer: twice the default, unless the flag says otherwise.
+        let c = xdp_config(None, true).unwrap();
+        assert_eq!((c.frames, c.ring), (INLINE_XDP_FRAMES, INLINE_XDP_FRAMES));
+        assert!(INLINE_XDP_FRAMES > d.frames);
+        let c = xdp_config(Some(4096), true).unwrap();
+        assert_eq!((c.frames, c.ring), (4096, 4096));
         for bad in [0, 32, 1000, 1 << 21] {
-            let e = format!("{:#}", xdp_config(Some(bad)).unwrap_err());
+            let e = format!("{:#}", xdp_config(Some(bad), false).unwrap_err());
             assert!(e.contains("--xdp-frames") && e.contains(&bad.to_string()), "{e}");
         }
         let dir = tempfile::tempdir().unwrap();

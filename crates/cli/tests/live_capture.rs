@@ -61,7 +61,7 @@ fn start_capture(rig: &Rig, t: &TestStore, mode: &str, extra: &[&str]) -> Child 
     let child = Command::new("ip")
         .args(["netns", "exec", &format!("{}-cap", rig.name), callrec(), "--store"])
         .arg(t.store())
-        .args(["capture", "--iface", "mirror0", "--mode", mode, "--workers", "2", "--log-interval", "0"])
+        .args(["capture", "--iface", "mirror0", "--mode", mode, "--log-interval", "0"])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -186,8 +186,10 @@ fn xdp_capture_records_sipp_calls_and_drops_background_in_kernel() {
     if !root_or_skip() {
         return;
     }
-    let (_t, status) = record_calls("xdp", &[], "x");
+    // The one worker on the reader's thread, as on a 2-core box.
+    let (_t, status) = record_calls("xdp", &["--workers", "1", "--pipeline", "inline"], "x");
     check_xdp_status(&status, "mirror0 q0 af-xdp (copy)");
+    assert_eq!(status["pipeline"], "inline");
 }
 
 #[test]
@@ -195,8 +197,11 @@ fn xdp_capture_through_the_pure_rust_xdp_crate_records_the_same_calls() {
     if !root_or_skip() {
         return;
     }
-    let (_t, status) = record_calls("xdp", &["--af-xdp-crate", "xdp"], "xp");
+    // Two workers behind queues.
+    let (_t, status) = record_calls("xdp", &["--af-xdp-crate", "xdp", "--workers", "2"], "xp");
     check_xdp_status(&status, "mirror0 q0 af-xdp/xdp-rs (copy)");
+    assert_eq!(status["pipeline"], "queued");
+    assert_eq!(status["workers"].as_array().map(Vec::len), Some(2));
 }
 
 /// XDP attached, kept the calls' SIP and media, dropped the background in the kernel, and the
@@ -221,7 +226,8 @@ fn af_packet_capture_records_the_same_calls() {
     if !root_or_skip() {
         return;
     }
-    let (_t, status) = record_calls("af-packet", &[], "p");
+    let (_t, status) = record_calls("af-packet", &["--workers", "1", "--pipeline", "queued"], "p");
+    assert_eq!(status["pipeline"], "queued");
     assert_eq!(status["queues"][0]["source"], "mirror0 #0 af-packet (TPACKET_V3)");
     assert!(
         status["queues"][0]["unmatched"].as_u64().unwrap() > 1000,
@@ -237,7 +243,8 @@ fn sigterm_mid_call_leaves_a_finished_verifiable_recording() {
     let rig = Rig::up("t");
     let t = TestStore::new();
     let keep = t.dir.path().join("sipp");
-    let cap = start_capture(&rig, &t, "xdp", &[]);
+    // Inline: ending calls in progress is the reader's job there.
+    let cap = start_capture(&rig, &t, "xdp", &["--workers", "1"]);
     let mut calls = rig
         .script(&["calls", "1", keep.to_str().unwrap()])
         .stdout(Stdio::null())
@@ -248,6 +255,7 @@ fn sigterm_mid_call_leaves_a_finished_verifiable_recording() {
     let (status, err) = stop_capture(cap);
     let _ = calls.wait();
     assert_eq!(status["totals"]["recorded"], 1, "{status:#}\n{err}");
+    assert_eq!(status["pipeline"], "inline");
     let found = t.search(&["from = sipp"]);
     assert_eq!(found.len(), 1);
     let c = &found[0];
