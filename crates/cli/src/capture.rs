@@ -115,8 +115,8 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "N")]
     pub workers: Option<u32>,
     /// Where the worker runs when there is one receive queue and one worker: `inline` on the
-    /// reader's thread (no queue, no second copy, no hand-over between cores) or `queued` on a
-    /// thread of its own behind a queue of batches [default: auto, inline where it applies].
+    /// reader's thread (no queue, no hand-over between cores) or `queued` on a thread of its own
+    /// behind a queue of batches [default: auto, inline where it applies].
     #[arg(long, value_enum, value_name = "HOW")]
     pub pipeline: Option<Pipeline>,
     /// SIP signalling port kept by the XDP filter (repeat; default 5060 and 5061).
@@ -135,7 +135,8 @@ pub struct CaptureArgs {
     pub af_xdp_crate: Option<XskCrate>,
     /// UMEM frames (2 KiB each) of every AF_XDP socket, and the size of its fill and receive
     /// rings: a power of two from 64 to 1,048,576 [default 32768: 64 MiB, about 32 ms of frames at
-    /// 1 Mpps; 65536 when the worker runs inline (`--pipeline`), where no queue follows them]. The frames are the only buffer between the kernel and the reader; one that is not
+    /// 1 Mpps; 65536 when the worker runs inline (`--pipeline`), where no queue follows them].
+    /// The frames are the only buffer between the kernel and the reader; one that is not
     /// scheduled for longer than they last loses frames (`ring_drops`/`other_drops`).
     #[arg(long, value_name = "N")]
     pub xdp_frames: Option<u32>,
@@ -190,7 +191,8 @@ impl CaptureArgs {
 /// the default, 128 MiB. With no queue behind it the UMEM is the only buffer between the kernel
 /// and the recording work, so it takes over part of the queue's job: on the live bench at 6,000
 /// calls going on, inline with 32,768 frames lost 1,608 and 3,214 frames at the socket in two of
-/// three runs, with 65,536 none in three (docs/BENCHMARKS.md, "The worker inline").
+/// three runs, with 65,536 none in three (docs/BENCHMARKS.md, "The worker inline on the reader's
+/// thread").
 const INLINE_XDP_FRAMES: u32 = 65536;
 
 /// The AF_XDP socket sizes for `--xdp-frames` (checked here, so that a bad value is named before
