@@ -588,13 +588,10 @@ fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx, workers: usize) -> Result<()
             recorder::priority::READER_NICE
         );
     }
-    let mut inline_store = match &ctx.inline {
-        Some(w) => Some((Store::open(&w.dir)?, Arc::clone(&w.stats))),
-        None => None,
-    };
-    let mut down = match &mut inline_store {
-        Some((store, stats)) => Downstream::Inline(Box::new(WorkerCore::new(store, workers, stats)?)),
-        None => Downstream::Queued(&ctx.links),
+    let mut inline_store = ctx.inline.as_ref().map(|w| Store::open(&w.dir)).transpose()?;
+    let mut down = match (&mut inline_store, &ctx.inline) {
+        (Some(store), Some(w)) => Downstream::Inline(Box::new(WorkerCore::new(store, workers, &w.stats)?)),
+        _ => Downstream::Queued(&ctx.links),
     };
     let inline = matches!(down, Downstream::Inline(_));
     let linktype = src.linktype();
