@@ -8,7 +8,8 @@
 //! every stream's packet count) against RTP packets sent, and calls recorded complete (both
 //! streams with every packet) against calls placed. For tcpdump, frames written against frames
 //! sent. Alongside: CPU per core (from /proc/stat), the recorder's CPU (also per thread) and peak
-//! memory, its own drop counters, and bytes written.
+//! memory, the kernel's worker threads' CPU (`kworker_cpu_s`: the recordings' page-cache writeback
+//! runs there, off the recorder's books), its own drop counters, and bytes written.
 //!
 //! Needs root (network namespaces, XDP). Uses scripts/rig.sh with a name unique to the run and
 //! takes the rig down afterwards.
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 
-use crate::measure::{cpu_seconds, status_kib, thread_cpu_seconds};
+use crate::measure::{cpu_seconds, kworker_cpu_between, kworker_cpu_seconds, status_kib, thread_cpu_seconds};
 use crate::traffic::Workload;
 
 pub struct LiveOpts {
@@ -358,6 +359,7 @@ fn one_run(rig: &Rig, o: &LiveOpts, trash: &mut Trash, mode: &str, calls: u32, f
     let rec = if mode == "none" { None } else { Some(start_recorder(rig, o, mode, &run_dir)?) };
     let pid = rec.as_ref().map(|c| c.id().to_string());
     let cpu0 = cpu_times();
+    let kw0 = kworker_cpu_seconds();
     let rcpu0 = pid.as_deref().and_then(cpu_seconds).unwrap_or(0.0);
     let threads0 = pid.as_deref().map(thread_cpu_seconds).unwrap_or_default();
     let t0 = Instant::now();
@@ -387,6 +389,7 @@ fn one_run(rig: &Rig, o: &LiveOpts, trash: &mut Trash, mode: &str, calls: u32, f
     let sent: Value = serde_json::from_slice(&g.stdout).context("callrec-gen's report")?;
     let wall = t0.elapsed().as_secs_f64();
     let cpu1 = cpu_times();
+    let kworker_s = kworker_cpu_between(&kw0, &kworker_cpu_seconds());
     let rcpu1 = pid.as_deref().and_then(cpu_seconds).unwrap_or(0.0);
     // Threads started during the run (the writing and sync threads start with the first
     // recording) count from zero.
@@ -420,6 +423,7 @@ fn one_run(rig: &Rig, o: &LiveOpts, trash: &mut Trash, mode: &str, calls: u32, f
         "generator_max_lag_ms": sent["max_lag_ms"], "generator_xmit_drops": sent["xmit_drops"], "noise_sent": sent["noise_sent"], "mirror_rx_packets": rx_after.saturating_sub(rx_before),
         "wall_s": wall, "cpu_busy_percent_per_core": cores,
         "recorder_cpu_s": rcpu1 - rcpu0, "recorder_cpu_s_by_thread": threads, "recorder_peak_rss_mib": hwm_mib,
+        "kworker_cpu_s": (kworker_s * 100.0).round() / 100.0,
     });
     let Some(child) = rec else {
         // Nothing recorded: an empty directory, not worth a wait.

@@ -41,6 +41,33 @@ fn stat_cpu_seconds(s: &str) -> Option<f64> {
     Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / tick)
 }
 
+/// User + system CPU seconds of the kernel's worker threads now alive (`kworker/…`: among other
+/// work, the page-cache writeback that a recorder's writes and syncs cause), summed by PID so
+/// that one read before and one after a run give each worker's share (one that exits in between
+/// loses its time: a lower bound).
+pub fn kworker_cpu_seconds() -> std::collections::BTreeMap<u32, f64> {
+    let mut by_pid = std::collections::BTreeMap::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return by_pid };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else { continue };
+        if stat.contains("(kworker/")
+            && let Some(cpu) = stat_cpu_seconds(&stat)
+        {
+            by_pid.insert(pid, cpu);
+        }
+    }
+    by_pid
+}
+
+/// CPU seconds the kernel's workers spent between two reads of [`kworker_cpu_seconds`].
+pub fn kworker_cpu_between(
+    before: &std::collections::BTreeMap<u32, f64>,
+    after: &std::collections::BTreeMap<u32, f64>,
+) -> f64 {
+    after.iter().map(|(pid, s)| s - before.get(pid).copied().unwrap_or(0.0)).filter(|d| *d > 0.0).sum()
+}
+
 /// User + system CPU seconds of each of a process's threads now alive, summed by thread name
 /// (`callrec-worker-` for every worker: names are cut at 15 bytes).
 pub fn thread_cpu_seconds(pid: &str) -> std::collections::BTreeMap<String, f64> {
