@@ -5,10 +5,17 @@
 //! in the recording thread (one `syncfs` before each index commit) stalled that thread for as long
 //! as the disk took to write a second of audio, during which its queue filled; and the kernel, left
 //! alone, writes dirty pages only after 30 s, so each sync found a whole batch to write. Here a
-//! thread syncs in a loop: dirty data goes out continuously, and a recording finished at sync epoch
-//! `e` is durable once a sync that *started* after it, epoch `e + 1`, has completed. The sink asks
-//! [`Syncer::need`] when a recording finishes and checks [`Syncer::durable`] at each commit; only
-//! [`Syncer::wait`] (end of input) blocks.
+//! thread syncs once every [`PERIOD`]: dirty data goes out a second at a time, and a recording
+//! finished at sync epoch `e` is durable once a sync that *started* after it, epoch `e + 1`, has
+//! completed. The sink asks [`Syncer::need`] when a recording finishes and checks
+//! [`Syncer::durable`] at each commit; only [`Syncer::wait`] (end of input) blocks, and it has the
+//! next sync start at once instead of at the end of the period.
+//!
+//! Why a period and not back to back: each sync makes the filesystem allocate blocks for every
+//! recording written since the previous one (ext4 allocates at writeback), so syncing as fast as
+//! the disk allows cut every recording into many small allocations, and the kernel's writeback
+//! workers' CPU time, on the cores the capture needs, grew with the number of syncs, not with the
+//! bytes. See docs/BENCHMARKS.md, "Syncing once a second".
 //!
 //! The same thread checkpoints the index's write-ahead log ([`Syncer::start_with_index`]): a
 //! checkpoint copies the WAL into the database and syncs it, and with SQLite's autocheckpoint it
@@ -24,8 +31,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// Pause between syncs when the last one found little to do.
-const IDLE: Duration = Duration::from_millis(50);
+/// The shortest time from the start of one sync to the start of the next, unless a caller of
+/// [`Syncer::wait`] is waiting. A recording finished while recording goes on is durable (and
+/// indexed as complete) within two periods and a sync.
+pub const PERIOD: Duration = Duration::from_secs(1);
 /// How often the index's WAL is checkpointed (when a checkpoint is asked for).
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 
@@ -35,6 +44,8 @@ struct Shared {
     /// Epoch of the last sync that completed without error.
     done: AtomicU64,
     stop: AtomicBool,
+    /// Someone waits ([`Syncer::wait`]): the next sync starts as soon as the current one ends.
+    hurry: AtomicBool,
     /// The last failure, reported once by [`Syncer::take_error`].
     error: Mutex<Option<String>>,
 }
@@ -47,27 +58,28 @@ pub struct Syncer {
 impl Syncer {
     /// Starts the thread syncing the filesystem that holds `dir`.
     pub fn start(dir: &Path) -> Result<Syncer, String> {
-        Syncer::spawn(dir, None)
+        Syncer::spawn(dir, None, PERIOD)
     }
 
     /// Like [`Syncer::start`], and the thread also checkpoints the WAL of the SQLite database
     /// `index` (whose writers should then set `wal_autocheckpoint` to 0).
     pub fn start_with_index(dir: &Path, index: &Path) -> Result<Syncer, String> {
-        Syncer::spawn(dir, Some(index.to_path_buf()))
+        Syncer::spawn(dir, Some(index.to_path_buf()), PERIOD)
     }
 
-    fn spawn(dir: &Path, index: Option<PathBuf>) -> Result<Syncer, String> {
+    fn spawn(dir: &Path, index: Option<PathBuf>, period: Duration) -> Result<Syncer, String> {
         let shared = Arc::new(Shared {
             started: AtomicU64::new(0),
             done: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            hurry: AtomicBool::new(false),
             error: Mutex::new(None),
         });
         let owned: PathBuf = dir.to_path_buf();
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("callrec-sync".into())
-            .spawn(move || run(&owned, &s, index))
+            .spawn(move || run(&owned, &s, index, period))
             .map_err(|e| format!("cannot start the sync thread for {}: {e}", dir.display()))?;
         Ok(Syncer { shared, thread: Some(thread) })
     }
@@ -82,15 +94,25 @@ impl Syncer {
         self.shared.done.load(Ordering::Acquire) >= epoch
     }
 
-    /// Blocks until `epoch` is durable, or the syncer reports an error.
+    /// Blocks until `epoch` is durable, or the syncer reports an error. The syncs it needs start
+    /// without waiting out the period.
     pub fn wait(&self, epoch: u64) -> Result<(), String> {
         while !self.durable(epoch) {
             if let Some(e) = self.take_error() {
                 return Err(e);
             }
+            self.shared.hurry.store(true, Ordering::Release);
+            self.wake();
             std::thread::sleep(Duration::from_millis(1));
         }
         Ok(())
+    }
+
+    /// Ends the thread's pause, if it is pausing.
+    fn wake(&self) {
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
+        }
     }
 
     /// A sync failure since the last call, if any.
@@ -102,13 +124,14 @@ impl Syncer {
 impl Drop for Syncer {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
+        self.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-fn run(dir: &Path, s: &Shared, index: Option<PathBuf>) {
+fn run(dir: &Path, s: &Shared, index: Option<PathBuf>, period: Duration) {
     let mut conn: Option<rusqlite::Connection> = None;
     let mut last_checkpoint = std::time::Instant::now();
     while !s.stop.load(Ordering::Acquire) {
@@ -122,6 +145,8 @@ fn run(dir: &Path, s: &Shared, index: Option<PathBuf>) {
                 *slot = Some(e);
             }
         }
+        // A waiter who came before this sync starts is served by it.
+        s.hurry.store(false, Ordering::Release);
         let epoch = s.started.fetch_add(1, Ordering::AcqRel) + 1;
         let t = std::time::Instant::now();
         match sync_filesystem(dir) {
@@ -135,9 +160,11 @@ fn run(dir: &Path, s: &Shared, index: Option<PathBuf>) {
                 continue;
             }
         }
-        // A quick sync means little was dirty: pause instead of spinning on an idle disk.
-        if t.elapsed() < IDLE {
-            std::thread::sleep(IDLE);
+        // The next sync starts a period after this one started, or as soon as someone waits.
+        let next = t + period;
+        while !s.stop.load(Ordering::Acquire) && !s.hurry.load(Ordering::Acquire) {
+            let Some(rest) = next.checked_duration_since(std::time::Instant::now()) else { break };
+            std::thread::park_timeout(rest);
         }
     }
 }
@@ -181,6 +208,27 @@ mod tests {
         assert!(s.durable(e));
         assert!(s.need() > e, "a later recording needs a later sync");
         assert!(s.take_error().is_none());
+    }
+
+    /// Between syncs the thread pauses for its period, yet a waiter is served at once: with a
+    /// period of an hour, no second sync starts by itself, and `wait` still returns.
+    #[test]
+    fn the_thread_pauses_for_its_period_but_not_for_a_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Syncer::spawn(dir.path(), None, Duration::from_secs(3600)).unwrap();
+        while !s.durable(1) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(s.shared.started.load(Ordering::Acquire), 1, "a second sync started within its period");
+        let s = Arc::new(s);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = s.clone();
+        // On its own thread, so that a wait that never returns fails the test instead of hanging it.
+        std::thread::spawn(move || tx.send(waiter.wait(waiter.need())));
+        let r = rx.recv_timeout(Duration::from_secs(60));
+        assert!(matches!(r, Ok(Ok(()))), "wait did not return within a minute of an hour-long period: {r:?}");
+        assert!(s.shared.started.load(Ordering::Acquire) >= 2);
     }
 
     /// With an index to look after, the thread copies its WAL into the database (the writer
