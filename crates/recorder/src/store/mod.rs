@@ -313,7 +313,7 @@ enum IndexOp {
 /// capture time, or every [`INDEX_BATCH`] writes), so several sinks sharing one index (capture workers) hold
 /// SQLite's write lock only for the statements themselves.
 ///
-/// Durability: a [`Syncer`] thread syncs the store's filesystem in a loop, and a finished
+/// Durability: a [`Syncer`] thread syncs the store's filesystem once a second, and a finished
 /// recording is marked complete only by a commit after a sync that started after its last write,
 /// so the index never says "complete" about a file that a power cut could still lose, and the
 /// recording thread never waits for the disk (except at the end of input, [`StoreSink::flush`]).
