@@ -24,30 +24,58 @@ use serde_json::{Value, json};
 use crate::measure::{cpu_seconds, kworker_cpu_between, kworker_cpu_seconds, status_kib, thread_cpu_seconds};
 use crate::traffic::Workload;
 
+/// The live bench's settings: its command line (`callrec-bench live`), and the programs it runs.
+#[derive(clap::Args)]
 pub struct LiveOpts {
-    pub modes: Vec<String>,
-    /// Concurrent calls per run (offered load = calls × 100 packets/s).
+    /// Concurrent calls per run; offered load is 100 packets/s per call.
+    #[arg(long, value_delimiter = ',', default_value = "500,1000,2000,3000")]
     pub loads: Vec<u32>,
+    #[arg(long, value_delimiter = ',', default_value = "xdp,af-packet,tcpdump")]
+    pub modes: Vec<String>,
+    /// Seconds each call lasts.
+    #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
+    /// Seconds over which calls start.
+    #[arg(long, default_value_t = 2.0)]
     pub ramp: f64,
-    /// callrec's `--workers` (None: its default, the cores its readers leave).
+    /// callrec's `--workers` [default: callrec's own, the cores its reader leaves: 1 on 2 cores]
+    #[arg(long)]
     pub workers: Option<u32>,
-    /// Background frames after every call frame (0: the mirror carries only the calls).
+    /// Background frames (not SIP, not RTP) after every call frame, as on a busy mirror port.
+    #[arg(long, default_value_t = 0)]
     pub noise: u32,
-    /// Where the generator sends: "phone" (phone A's interface, mirrored by the switch),
-    /// "mirror" (into the mirror port's cable, the switch's `cap0`, through a packet socket) or
-    /// "xdp" (into the same cable as XDP frames, see [`crate::xdpgen`]).
+    /// Where the generator sends: `phone` (phone A's interface: the switch forwards and
+    /// mirrors every frame, as on a real SPAN port) or `mirror` (straight into the mirror
+    /// port's cable, the switch left out: the same frames reach the recorder for about half
+    /// the generator's kernel work, so the rig can offer more) or `xdp` (into the cable as XDP
+    /// frames from an in-kernel sender, so the mirror port receives them as from a NIC's
+    /// driver: no skb, no veth copy; the mirror port gets GRO on for every mode).
+    #[arg(long, default_value = "phone", value_parser = ["phone", "mirror", "xdp"])]
     pub inject: String,
-    /// callrec's `--xdp-frames` (None: its default).
+    /// callrec's `--xdp-frames` for `--mode xdp` (AF_XDP UMEM frames per socket) [default:
+    /// callrec's].
+    #[arg(long, value_name = "N")]
     pub xdp_frames: Option<u32>,
-    /// callrec's `--pipeline` (None: its default).
+    /// callrec's `--pipeline` (`inline`: the one worker on the reader's thread; `queued`: on
+    /// its own thread behind a queue) [default: callrec's, inline with one queue and worker].
+    #[arg(long, value_name = "HOW", value_parser = ["auto", "inline", "queued"])]
     pub pipeline: Option<String>,
-    /// Where recordings and captures are written: "work" (`work` itself) or "journal" (a
-    /// journaled ext4 made for this bench on a loop device under `work`, see [`StoreFs`]).
+    /// Where recordings and captures go: `work` (the `--work` directory's own filesystem) or
+    /// `journal` (a fresh journaled ext4 made for the bench on a loop device in `--work`, as
+    /// an appliance's store would be; see `live::StoreFs` for why and docs/BENCHMARKS.md for
+    /// what it changes).
+    #[arg(long, default_value = "work", value_parser = ["work", "journal"])]
     pub store_fs: String,
+    #[arg(long, default_value = "/var/tmp/callrec-bench-live")]
     pub work: PathBuf,
+    /// The `callrec` binary to run (set by the caller: the one beside `callrec-bench`).
+    #[arg(skip)]
     pub callrec: PathBuf,
+    /// The generator, `callrec-gen` (likewise).
+    #[arg(skip)]
     pub generator: PathBuf,
+    /// scripts/rig.sh.
+    #[arg(skip)]
     pub rig_script: PathBuf,
 }
 

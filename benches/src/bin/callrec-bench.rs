@@ -111,47 +111,8 @@ enum Cmd {
     },
     /// Live capture side by side on the virtual mirror port (root): loss against offered load.
     Live {
-        /// Concurrent calls per run; offered load is 100 packets/s per call.
-        #[arg(long, value_delimiter = ',', default_value = "500,1000,2000,3000")]
-        loads: Vec<u32>,
-        #[arg(long, value_delimiter = ',', default_value = "xdp,af-packet,tcpdump")]
-        modes: Vec<String>,
-        /// Seconds each call lasts.
-        #[arg(long, default_value_t = 10.0)]
-        duration: f64,
-        /// Seconds over which calls start.
-        #[arg(long, default_value_t = 2.0)]
-        ramp: f64,
-        /// callrec's `--workers` [default: callrec's own, the cores its reader leaves: 1 on 2 cores]
-        #[arg(long)]
-        workers: Option<u32>,
-        /// Background frames (not SIP, not RTP) after every call frame, as on a busy mirror port.
-        #[arg(long, default_value_t = 0)]
-        noise: u32,
-        /// Where the generator sends: `phone` (phone A's interface: the switch forwards and
-        /// mirrors every frame, as on a real SPAN port) or `mirror` (straight into the mirror
-        /// port's cable, the switch left out: the same frames reach the recorder for about half
-        /// the generator's kernel work, so the rig can offer more) or `xdp` (into the cable as XDP
-        /// frames from an in-kernel sender, so the mirror port receives them as from a NIC's
-        /// driver: no skb, no veth copy; the mirror port gets GRO on for every mode).
-        #[arg(long, default_value = "phone", value_parser = ["phone", "mirror", "xdp"])]
-        inject: String,
-        /// callrec's `--xdp-frames` for `--mode xdp` (AF_XDP UMEM frames per socket) [default:
-        /// callrec's].
-        #[arg(long, value_name = "N")]
-        xdp_frames: Option<u32>,
-        /// callrec's `--pipeline` (`inline`: the one worker on the reader's thread; `queued`: on
-        /// its own thread behind a queue) [default: callrec's, inline with one queue and worker].
-        #[arg(long, value_name = "HOW", value_parser = ["auto", "inline", "queued"])]
-        pipeline: Option<String>,
-        /// Where recordings and captures go: `work` (the `--work` directory's own filesystem) or
-        /// `journal` (a fresh journaled ext4 made for the bench on a loop device in `--work`, as
-        /// an appliance's store would be; see `live::StoreFs` for why and docs/BENCHMARKS.md for
-        /// what it changes).
-        #[arg(long, default_value = "work", value_parser = ["work", "journal"])]
-        store_fs: String,
-        #[arg(long, default_value = "/var/tmp/callrec-bench-live")]
-        work: PathBuf,
+        #[command(flatten)]
+        opts: live::LiveOpts,
         /// Where the JSON result goes (also printed).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -214,38 +175,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Memory { calls, duration, ramp, dir } => measure::memory_bench(calls, duration, ramp, &dir)?,
         Cmd::Flood { invites, stray_rtp, max_calls } => measure::flood_bench(invites, stray_rtp, max_calls)?,
-        Cmd::Live {
-            loads,
-            modes,
-            duration,
-            ramp,
-            workers,
-            noise,
-            inject,
-            xdp_frames,
-            pipeline,
-            store_fs,
-            work,
-            out,
-        } => {
+        Cmd::Live { mut opts, out } => {
             let bin = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
             let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default();
-            let opts = live::LiveOpts {
-                modes,
-                loads,
-                duration,
-                ramp,
-                workers,
-                noise,
-                inject,
-                xdp_frames,
-                pipeline,
-                store_fs,
-                work,
-                callrec: bin.join("callrec"),
-                generator: bin.join("callrec-gen"),
-                rig_script: root.join("scripts/rig.sh"),
-            };
+            opts.callrec = bin.join("callrec");
+            opts.generator = bin.join("callrec-gen");
+            opts.rig_script = root.join("scripts/rig.sh");
             let v = live::run(&opts)?;
             if let Some(p) = out {
                 std::fs::write(&p, serde_json::to_string_pretty(&v)?)?;
