@@ -97,12 +97,17 @@ impl Syncer {
     /// Blocks until `epoch` is durable, or the syncer reports an error. The syncs it needs start
     /// without waiting out the period.
     pub fn wait(&self, epoch: u64) -> Result<(), String> {
+        if self.durable(epoch) {
+            return Ok(());
+        }
+        // Once is enough: the thread clears the flag only as it starts a sync, and every sync
+        // that starts from here on is one `epoch` needs (it was asked for before this call).
+        self.shared.hurry.store(true, Ordering::Release);
+        self.wake();
         while !self.durable(epoch) {
             if let Some(e) = self.take_error() {
                 return Err(e);
             }
-            self.shared.hurry.store(true, Ordering::Release);
-            self.wake();
             std::thread::sleep(Duration::from_millis(1));
         }
         Ok(())
