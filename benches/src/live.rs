@@ -23,9 +23,10 @@ use serde_json::{Value, json};
 
 use crate::measure::{cpu_seconds, kworker_cpu_between, kworker_cpu_seconds, status_kib, thread_cpu_seconds};
 use crate::traffic::Workload;
+use crate::xdpgen::LiveFrames;
 
 /// The live bench's settings: its command line (`callrec-bench live`), and the programs it runs.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct LiveOpts {
     /// Concurrent calls per run; offered load is 100 packets/s per call.
     #[arg(long, value_delimiter = ',', default_value = "500,1000,2000,3000")]
@@ -49,8 +50,10 @@ pub struct LiveOpts {
     /// port's cable, the switch left out: the same frames reach the recorder for about half
     /// the generator's kernel work, so the rig can offer more) or `xdp` (into the cable as XDP
     /// frames from an in-kernel sender, so the mirror port receives them as from a NIC's
-    /// driver: no skb, no veth copy; the mirror port gets GRO on for every mode).
-    #[arg(long, default_value = "phone", value_parser = ["phone", "mirror", "xdp"])]
+    /// driver: no skb, no veth copy; the mirror port gets GRO on for every mode) or `auto`
+    /// (`xdp` where the kernel lets the in-kernel sender run, `mirror` where it refuses live
+    /// frames; the result's `inject` says which ran).
+    #[arg(long, default_value = "phone", value_parser = ["phone", "mirror", "xdp", "auto"])]
     pub inject: String,
     /// callrec's `--xdp-frames` for `--mode xdp` (AF_XDP UMEM frames per socket) [default:
     /// callrec's].
@@ -525,6 +528,23 @@ pub fn run(o: &LiveOpts) -> Result<Value> {
             p.display()
         );
     }
+    // Whether the in-kernel sender can run here is known only by asking the kernel.
+    let resolved;
+    let o = if matches!(o.inject.as_str(), "xdp" | "auto") {
+        let live = crate::xdpgen::check_live_frames().context("--inject xdp: probing the in-kernel sender")?;
+        let inject = match (o.inject.as_str(), live) {
+            ("xdp", LiveFrames::Refused(why)) => bail!("--inject xdp: {why}"),
+            (_, LiveFrames::Refused(why)) => {
+                eprintln!("live: --inject auto: mirror, not xdp: {why}");
+                "mirror"
+            }
+            (_, LiveFrames::Allowed) => "xdp",
+        };
+        resolved = LiveOpts { inject: inject.into(), ..o.clone() };
+        &resolved
+    } else {
+        o
+    };
     std::fs::create_dir_all(&o.work)?;
     let rig = Rig::up(&o.rig_script)?;
     if o.inject == "xdp" {

@@ -68,6 +68,63 @@ impl Drop for Mapping {
     }
 }
 
+/// Whether this kernel lets this process run XDP programs on live frames, i.e. whether the
+/// in-kernel sender can work here at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveFrames {
+    Allowed,
+    /// The kernel refused (EPERM) though the process may load and run XDP programs otherwise:
+    /// seen on a VM kernel whose root lacks CAP_SYS_RESOURCE, where a plain test run works.
+    /// The text says so, with the capabilities the process lacks.
+    Refused(String),
+}
+
+/// The sender's object with its program loaded into the kernel (not attached).
+fn load() -> Result<Ebpf> {
+    let mut ebpf = Ebpf::load(OBJECT).context("cannot load the in-kernel sender (needs root)")?;
+    program(&mut ebpf)?.load().context("the kernel refused the in-kernel sender")?;
+    Ok(ebpf)
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    ebpf.program_mut("xdpgen")
+        .context("program xdpgen missing from the object")?
+        .try_into()
+        .context("xdpgen is not an XDP program")
+}
+
+/// Runs the sender's program once on a plain test frame and once on one live frame, without
+/// attaching it anywhere and with no frame queued, so that the program drops them: what
+/// `XdpSender::send` does, minus the traffic. Needs root (CAP_BPF); an error means the program
+/// could not be loaded, or a run failed otherwise than by the kernel refusing live frames.
+pub fn check_live_frames() -> Result<LiveFrames> {
+    let mut ebpf = load()?;
+    let prog = program(&mut ebpf)?;
+    let fd = prog.fd()?.as_fd().as_raw_fd();
+    capture_core::live::xdp::prog_test_run(fd, &BLANK[..64], 1, 0, 0)
+        .context("BPF_PROG_TEST_RUN of the in-kernel sender (a plain test run, no live frames)")?;
+    match capture_core::live::xdp::prog_test_run(fd, &BLANK[..64], 1, BPF_F_TEST_XDP_LIVE_FRAMES, 1) {
+        Ok(_) => Ok(LiveFrames::Allowed),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(LiveFrames::Refused(refusal())),
+        Err(e) => Err(e).context("BPF_PROG_TEST_RUN (live frames) of the in-kernel sender"),
+    }
+}
+
+/// What to say when the kernel refuses live frames.
+fn refusal() -> String {
+    let lacking = capture_core::live::lacking_caps(&["CAP_BPF", "CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_SYS_RESOURCE"]);
+    let caps = if lacking.is_empty() {
+        "with CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN and CAP_SYS_RESOURCE".to_string()
+    } else {
+        format!("this process lacks {}", lacking.join(", "))
+    };
+    format!(
+        "this kernel refuses BPF_PROG_TEST_RUN with live frames (EPERM; {caps}), though it loads and \
+         test-runs XDP programs otherwise, so the in-kernel sender (`--inject xdp`) cannot run here; \
+         `--inject mirror` sends into the mirror port's cable through a packet socket instead"
+    )
+}
+
 pub struct XdpSender {
     // The maps and program stay loaded while `ebpf` lives; the mappings are dropped first.
     frames: Mapping,
@@ -81,13 +138,8 @@ impl XdpSender {
     /// frames). Needs root (CAP_BPF, CAP_NET_ADMIN).
     pub fn new(iface: &str) -> Result<XdpSender> {
         let ifindex = capture_core::live::ifindex(iface)?;
-        let mut ebpf = Ebpf::load(OBJECT).context("cannot load the in-kernel sender (needs root)")?;
-        let prog: &mut Xdp = ebpf
-            .program_mut("xdpgen")
-            .context("program xdpgen missing from the object")?
-            .try_into()
-            .context("xdpgen is not an XDP program")?;
-        prog.load().context("the kernel refused the in-kernel sender")?;
+        let mut ebpf = load()?;
+        let prog = program(&mut ebpf)?;
         // Attached so that each test run finds it in the kernel's XDP dispatcher already: a run
         // of more than one frame otherwise adds it there and takes it out again, each change
         // waiting for an RCU grace period (~25 ms a run on the rig, against ~50 µs). Detached
@@ -142,7 +194,13 @@ impl XdpSender {
             BPF_F_TEST_XDP_LIVE_FRAMES,
             KERNEL_BATCH.min(n as u32),
         )
-        .context("BPF_PROG_TEST_RUN (live frames)")?;
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::EPERM) {
+                anyhow::anyhow!("BPF_PROG_TEST_RUN (live frames): {}", refusal())
+            } else {
+                anyhow::Error::new(e).context("BPF_PROG_TEST_RUN (live frames)")
+            }
+        })?;
         // SAFETY: as above; the run is over.
         Ok(unsafe { (*ctl).bad.wrapping_sub(bad_before) } as u64)
     }

@@ -123,21 +123,7 @@ impl Backoff {
 /// Names the capabilities of `needed` that this process does not have in its effective set,
 /// for permission errors ("missing CAP_BPF, CAP_PERFMON: run as root or `setcap ...`").
 pub fn missing_caps(needed: &[&str]) -> String {
-    let eff = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:").map(|v| u64::from_str_radix(v.trim(), 16).ok())))
-        .flatten()
-        .unwrap_or(0);
-    let bit = |name: &str| match name {
-        "CAP_IPC_LOCK" => 14,
-        "CAP_NET_ADMIN" => 12,
-        "CAP_NET_RAW" => 13,
-        "CAP_SYS_ADMIN" => 21,
-        "CAP_PERFMON" => 38,
-        "CAP_BPF" => 39,
-        _ => 63,
-    };
-    let missing: Vec<&str> = needed.iter().copied().filter(|c| eff & (1u64 << bit(c)) == 0).collect();
+    let missing = lacking_caps(needed);
     if missing.is_empty() {
         format!(
             "the needed capabilities ({}) are present; check the memlock limit (ulimit -l) and LSM policy",
@@ -149,6 +135,27 @@ pub fn missing_caps(needed: &[&str]) -> String {
             missing.join(", ")
         )
     }
+}
+
+/// The capabilities of `needed` (names as in capabilities(7)) that are not in this process's
+/// effective set; an unknown name counts as lacking.
+pub fn lacking_caps<'a>(needed: &[&'a str]) -> Vec<&'a str> {
+    let eff = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:").map(|v| u64::from_str_radix(v.trim(), 16).ok())))
+        .flatten()
+        .unwrap_or(0);
+    let bit = |name: &str| match name {
+        "CAP_NET_ADMIN" => Some(12),
+        "CAP_NET_RAW" => Some(13),
+        "CAP_IPC_LOCK" => Some(14),
+        "CAP_SYS_ADMIN" => Some(21),
+        "CAP_SYS_RESOURCE" => Some(24),
+        "CAP_PERFMON" => Some(38),
+        "CAP_BPF" => Some(39),
+        _ => None,
+    };
+    needed.iter().copied().filter(|c| bit(c).is_none_or(|b| eff & (1u64 << b) == 0)).collect()
 }
 
 /// For tests that need root (network namespaces, BPF, XDP): true when this process runs as root.
