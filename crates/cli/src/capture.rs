@@ -604,6 +604,8 @@ fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx, workers: usize) -> Result<()
     let mut backoff = Backoff::new(Duration::from_millis(1));
     let mut last_stats = Instant::now();
     let mut last_flush = Instant::now();
+    // When the packets now staged began to gather (see `gathers`).
+    let mut gather_since: Option<Instant> = None;
     let stats = Arc::clone(&ctx.stats);
     loop {
         for ev in ctx.learn_rx.try_iter() {
@@ -635,7 +637,19 @@ fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx, workers: usize) -> Result<()
                 }
             }
         });
-        steer_staged(&mut staged, &mut down);
+        // One clock read per loop: on an idle wire this loop runs thousands of times a second.
+        let now = Instant::now();
+        let got = *res.as_ref().unwrap_or(&0);
+        if staged.is_empty() {
+            gather_since = None;
+        } else if gather_since.is_none() {
+            gather_since = Some(now);
+        }
+        let waited = gather_since.map_or(Duration::ZERO, |t| now.duration_since(t));
+        let gathering = inline && res.is_ok() && gathers(got, staged.len(), waited);
+        if !gathering {
+            steer_staged(&mut staged, &mut down);
+        }
         let n = match res {
             Ok(n) => n,
             Err(e) => {
@@ -660,8 +674,6 @@ fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx, workers: usize) -> Result<()
             // A poll's worth is often a few frames: the timers at most every millisecond.
             core.housekeep(now_ns(), n > 0, 1_000_000);
         }
-        // One clock read per loop: on an idle wire this loop runs thousands of times a second.
-        let now = Instant::now();
         // Partial batches go out every 5 ms, not whenever a poll comes back empty: an AF_XDP
         // ring is empty between bursts many times a millisecond, and flushing then sent batches of
         // 13 frames on average at 5,500 calls (live bench), so the 1,024-batch queue held 130 ms
@@ -694,8 +706,15 @@ fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx, workers: usize) -> Result<()
             }
         } else {
             backoff.reset();
+            if gathering {
+                std::thread::sleep(GATHER_NAP);
+            }
         }
     }
+    // What was gathered (or staged when the source failed) is recorded too.
+    let unmatched =
+        steer(&mut staged, &mut steering, &mut learned, &mut kernel, &mut batches, |w, b| down.deliver(w, b, &stats));
+    stats.unmatched.fetch_add(unmatched, Ordering::Relaxed);
     for (w, b) in batches.iter_mut().enumerate() {
         if !b.is_empty() {
             down.deliver(w, b, &stats);
@@ -708,6 +727,30 @@ fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx, workers: usize) -> Result<()
         core.finish();
     }
     Ok(())
+}
+
+/// Frames a poll must bring, packets that must be staged, and how long the first of them may
+/// wait, for the inline worker to record what is staged now (see [`gathers`]).
+const GATHER_BELOW: usize = 64;
+const GATHER_UPTO: usize = 128;
+const GATHER_FOR: Duration = Duration::from_millis(1);
+/// How long the reader sleeps while it gathers: at 400 kpps, ~40 frames with the kernel's
+/// default 50 µs timer slack; a 65,536-frame AF_XDP buffer holds 160 ms of that.
+const GATHER_NAP: Duration = Duration::from_micros(50);
+
+/// Whether the inline worker leaves the staged packets for later, and the reader naps, after a
+/// poll that brought `got` frames (`staged` packets waiting, the first for `waited`).
+///
+/// Why: where frames trickle in (an AF_XDP socket fed one frame at a time, as veth does from a
+/// packet socket) each poll finds a few, and recording them at once made batches of 5-10
+/// packets against AF_PACKET's ~245 (whole blocks), with every batch's fixed cost (steering,
+/// the engine's look-ahead, timers, clock reads, the ring's bookkeeping) paid per handful
+/// (live bench, `--inject mirror`, 8,000 calls going on: the xdp reader thread's CPU 1.11 µs a
+/// packet against af-packet's 0.59; docs/BENCHMARKS.md). A burst (a full poll) or a nearly
+/// full batch is recorded at once, as is anything staged for a millisecond or more, and an
+/// empty poll ends the gathering, so a packet waits at most about a millisecond longer.
+fn gathers(got: usize, staged: usize, waited: Duration) -> bool {
+    got > 0 && got < GATHER_BELOW && staged < GATHER_UPTO && waited < GATHER_FOR
 }
 
 /// Applies the steering's endpoint changes to every interface's XDP media map.
@@ -1078,6 +1121,17 @@ mod tests {
         assert!(text.contains("bad.toml") && text.contains("workerz"), "{text}");
         assert!(parse_range("2000-1000").is_err());
         assert_eq!(parse_range("16384-32767").unwrap(), (16384, 32767));
+    }
+
+    #[test]
+    fn the_inline_reader_gathers_a_trickle_but_not_a_burst_an_idle_ring_or_an_old_packet() {
+        let us = Duration::from_micros;
+        assert!(gathers(5, 5, us(0)));
+        assert!(gathers(63, 127, us(999)));
+        assert!(!gathers(0, 5, us(0)), "an empty poll: record what is staged");
+        assert!(!gathers(64, 64, us(0)), "a burst");
+        assert!(!gathers(5, 128, us(0)), "half a batch staged");
+        assert!(!gathers(5, 40, us(1000)), "the first packet waited a millisecond");
     }
 
     /// `--xdp-frames` sizes the UMEM and both rings; a value the kernel would refuse is named
