@@ -105,7 +105,9 @@ pub fn check_live_frames() -> Result<LiveFrames> {
         .context("BPF_PROG_TEST_RUN of the in-kernel sender (a plain test run, no live frames)")?;
     match capture_core::live::xdp::prog_test_run(fd, &BLANK[..64], 1, BPF_F_TEST_XDP_LIVE_FRAMES, 1) {
         Ok(_) => Ok(LiveFrames::Allowed),
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(LiveFrames::Refused(refusal())),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            Ok(LiveFrames::Refused(format!("{} (a plain test run of the same program works)", refusal())))
+        }
         Err(e) => Err(e).context("BPF_PROG_TEST_RUN (live frames) of the in-kernel sender"),
     }
 }
@@ -119,9 +121,9 @@ fn refusal() -> String {
         format!("this process lacks {}", lacking.join(", "))
     };
     format!(
-        "this kernel refuses BPF_PROG_TEST_RUN with live frames (EPERM; {caps}), though it loads and \
-         test-runs XDP programs otherwise, so the in-kernel sender (`--inject xdp`) cannot run here; \
-         `--inject mirror` sends into the mirror port's cable through a packet socket instead"
+        "this kernel refuses BPF_PROG_TEST_RUN with live frames (EPERM; {caps}), so the in-kernel \
+         sender (`--inject xdp`) cannot run here; `--inject mirror` sends into the mirror port's cable \
+         through a packet socket instead"
     )
 }
 

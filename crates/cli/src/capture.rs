@@ -746,9 +746,9 @@ const GATHER_NAP: Duration = Duration::from_micros(50);
 /// packets against AF_PACKET's ~245 (whole blocks), with every batch's fixed cost (steering,
 /// the engine's look-ahead, timers, clock reads, the ring's bookkeeping) paid per handful
 /// (live bench, `--inject mirror`, 8,000 calls going on: the xdp reader thread's CPU 1.11 µs a
-/// packet against af-packet's 0.59; docs/BENCHMARKS.md). A burst (a full poll) or a nearly
-/// full batch is recorded at once, as is anything staged for a millisecond or more, and an
-/// empty poll ends the gathering, so a packet waits at most about a millisecond longer.
+/// packet against af-packet's 0.59; docs/BENCHMARKS.md). A poll of [`GATHER_BELOW`] frames or
+/// more, half a batch staged, anything staged for a millisecond or more, and an empty poll all
+/// end the gathering, so a packet waits at most about a millisecond longer.
 fn gathers(got: usize, staged: usize, waited: Duration) -> bool {
     got > 0 && got < GATHER_BELOW && staged < GATHER_UPTO && waited < GATHER_FOR
 }
