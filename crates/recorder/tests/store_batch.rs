@@ -180,3 +180,45 @@ fn a_failed_write_on_the_writing_thread_is_reported_with_its_file() {
     let path = path.display().to_string();
     assert!(sink.errors.iter().any(|e| e.contains("I/O error") && e.contains(&path)), "errors: {:?}", sink.errors);
 }
+
+/// When many recordings' flush timers fall due at once, one tick writes at most
+/// `TICK_WRITES` of them and the next ticks go on where it stopped, until every one is written.
+#[test]
+fn a_tick_writes_at_most_its_budget_and_the_next_ticks_write_the_rest() {
+    use recorder::store::TICK_WRITES;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let mut store = Store::init(&root, b"pass").unwrap();
+    let calls = 2 * TICK_WRITES + TICK_WRITES / 3;
+    let mut sink = store.recorder().unwrap();
+    for c in 0..calls {
+        sink.call_started(call(c), &format!("call-{c}"), 0);
+    }
+    // Commits the index rows (so the files can be found); the start records stay pending.
+    sink.flush();
+    let other = Store::open(&root).unwrap();
+    let paths: Vec<_> = other
+        .index
+        .all_ids()
+        .unwrap()
+        .into_iter()
+        .map(|id| other.abs(&other.index.file_of(id).unwrap().unwrap().0))
+        .collect();
+    assert_eq!(paths.len(), calls);
+    sink.wait_writes();
+    let header = |p: &std::path::PathBuf| std::fs::metadata(p).unwrap().len();
+    let headers: Vec<u64> = paths.iter().map(header).collect();
+    let grown = |sink: &StoreSink<'_>| {
+        sink.wait_writes();
+        paths.iter().zip(&headers).filter(|(p, h)| header(p) > **h).count()
+    };
+    assert_eq!(grown(&sink), 0, "written before their second was up");
+    // A second later every start record is due: the first tick writes its budget's worth.
+    sink.tick(1_500_000_000);
+    assert_eq!(grown(&sink), TICK_WRITES);
+    sink.tick(1_501_000_000);
+    assert_eq!(grown(&sink), 2 * TICK_WRITES);
+    sink.tick(1_502_000_000);
+    assert_eq!(grown(&sink), calls, "the third tick wrote the rest");
+    assert!(sink.errors.is_empty(), "{:?}", sink.errors);
+}

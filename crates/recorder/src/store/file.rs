@@ -477,14 +477,17 @@ impl RecordingWriter {
         Ok(())
     }
 
-    /// Flushes pending records as a chunk if the flush interval passed (call on a timer).
-    pub fn tick(&mut self, now_ns: i64) -> Result<(), FileError> {
+    /// Flushes pending records as a chunk, and the held tail, if their flush interval passed
+    /// (call on a timer). Returns whether it wrote anything.
+    pub fn tick(&mut self, now_ns: i64) -> Result<bool, FileError> {
+        let before = self.bytes;
         if let Some(since) = self.pending_since
             && now_ns - since >= FLUSH_NS
         {
             self.flush_due()?;
         }
-        self.tick_tail(now_ns)
+        self.tick_tail(now_ns)?;
+        Ok(self.bytes != before)
     }
 
     /// Encrypts the pending records in place and frames them: `[len | ciphertext | tag]`.

@@ -6,16 +6,18 @@
 //! assembling, encrypting and hashing the packets put together: importing 1,000 generated calls
 //! with one worker took 1.8-2.0 s, and 1.1-1.3 s with the writes left out. Here the worker seals
 //! and hashes a chunk, copies it into a pooled buffer (no allocation in steady state) and queues it;
-//! this thread writes the queue in order. The buffers are a fixed pool, so a disk that falls
-//! behind slows the worker down as a blocking write would, instead of growing memory.
+//! this thread writes the queue in order. The pool is bounded ([`MAX_BUFFERS`], 64 MiB), so a disk
+//! that stays behind slows the worker down as a blocking write would, instead of growing memory;
+//! a stall shorter than the pool lasts costs the worker nothing.
 //!
 //! Durability is unchanged: a recording is called complete only after its last write has been
 //! performed ([`Writeback::done`] has reached the sequence number [`Writeback::sent`] gave when it
 //! finished) *and then* a filesystem sync has started and completed (see [`super::syncer`]).
 //! A failed write is reported through [`Writeback::take_errors`] with the file's path; the file
 //! then fails `verify`, as with a failed synchronous write. If the process dies, what is still
-//! queued is lost with it, as unflushed chunk buffers always were: at most `BUFFERS` (256) chunks, and
-//! while the thread keeps up (it has a core to itself for a copy) a few milliseconds of audio.
+//! queued is lost with it, as unflushed chunk buffers always were: at most `MAX_BUFFERS` (4,096)
+//! chunks, and while the thread keeps up (it has a core to itself for a copy) a few milliseconds of
+//! audio.
 //!
 //! The same thread keeps recordings out of the page cache ([`forget`]): a recording's pages are
 //! dropped once the sink finds it durable ([`WriteQueue::forget`]), and a long call's as it grows.
@@ -23,18 +25,29 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam::channel::{Receiver, Sender, bounded};
 
-/// Buffers per sink, allocated when the thread starts and recycled: at most this many writes
-/// are queued or in progress, and the worker allocates nothing for writes afterwards. 256 of
-/// 16 KiB (a chunk, with the tail held in front of it, is at most ~14.5 KiB): 4 MiB per sink,
-/// about a second of one worker's output at 1,000 calls.
+/// Buffers per sink, allocated when the thread starts and recycled: 256 of 16 KiB (a chunk,
+/// with the tail held in front of it, is at most ~14.5 KiB): 4 MiB per sink, about a second of
+/// one worker's output at 1,000 calls. The worker allocates nothing for writes while these do.
 const BUFFERS: usize = 256;
 const BUFFER_BYTES: usize = 16 * 1024;
+/// Buffers a sink may have at most (64 MiB): when the writing thread falls behind, the worker
+/// takes fresh buffers up to this many before it waits for one to come back, and the thread
+/// frees what comes back beyond [`BUFFERS`] idle ones once it has caught up.
+///
+/// Why: the thread's writes stall now and then (the kernel throttles a writer while the page
+/// cache holds too many dirty pages, the cores are busy), and 4 MiB is 55 ms of the worker's
+/// output at 12,000 calls going on (72 MB/s). A worker waiting for a buffer leaves its capture
+/// socket unread: an AF_XDP socket holds 160 ms of frames at 400 kpps (65,536 UMEM frames of
+/// 2 KiB for packets of ~214 bytes), and in the live bench at 12,000 calls going on the inline
+/// worker's store tick waited up to 213 ms and the socket dropped 1.9-2.6 % of the packets.
+/// Sealed chunks are the densest place to buffer: 64 MiB hold ~0.9 s of that output.
+const MAX_BUFFERS: usize = 4096;
 /// Errors kept until the sink collects them.
 const MAX_ERRORS: usize = 1000;
 
@@ -80,6 +93,8 @@ pub struct Writeback {
 pub struct WriteQueue {
     tx: Sender<Req>,
     pool: Receiver<Vec<u8>>,
+    /// Buffers in existence (idle in the pool, queued, or being written): at most [`MAX_BUFFERS`].
+    buffers: Arc<AtomicUsize>,
     /// Requests queued so far by every handle of this sink (all on one thread).
     sent: Arc<AtomicU64>,
     shared: Arc<Shared>,
@@ -88,9 +103,9 @@ pub struct WriteQueue {
 impl Writeback {
     /// Starts the writing thread. Call it on the thread that will queue the writes.
     pub fn start() -> Result<Writeback, String> {
-        let (tx, rx) = bounded::<Req>(BUFFERS + FORGETS + 1);
+        let (tx, rx) = bounded::<Req>(MAX_BUFFERS + FORGETS + 1);
         // Buffers come back here once written.
-        let (pool_tx, pool_rx) = bounded::<Vec<u8>>(BUFFERS);
+        let (pool_tx, pool_rx) = bounded::<Vec<u8>>(MAX_BUFFERS);
         // crossbeam allocates the first time a thread blocks on a channel (the thread's wait
         // context, the channel's list of waiters), which here would be the first time every
         // buffer is in use, in the middle of recording (`benches/tests/zero_alloc.rs` failed
@@ -102,17 +117,19 @@ impl Writeback {
         }
         let shared = Arc::new(Shared { done: AtomicU64::new(0), errors: Mutex::new(Vec::new()) });
         let s = shared.clone();
+        let buffers = Arc::new(AtomicUsize::new(BUFFERS));
+        let b = buffers.clone();
         let thread = std::thread::Builder::new()
             .name("callrec-write".into())
             .spawn(move || {
                 // Below the workers it serves (see `crate::priority`); raising one's own nice
                 // value cannot fail for lack of privilege, and nothing depends on it.
                 let _ = crate::priority::adjust_thread_nice(crate::priority::WRITER_NICE);
-                run(&rx, &pool_tx, &s)
+                run(&rx, &pool_tx, &b, &s)
             })
             .map_err(|e| format!("cannot start the file-writing thread: {e}"))?;
         Ok(Writeback {
-            queue: WriteQueue { tx, pool: pool_rx, sent: Arc::new(AtomicU64::new(0)), shared },
+            queue: WriteQueue { tx, pool: pool_rx, buffers, sent: Arc::new(AtomicU64::new(0)), shared },
             thread: Some(thread),
         })
     }
@@ -164,10 +181,20 @@ impl Drop for Writeback {
 impl WriteQueue {
     /// Queues `data` for the recording at `path` (`file`: its open file, if it keeps one), to be
     /// appended at offset `at` (the file's length when it is written), copied into a pooled
-    /// buffer. Blocks while every buffer is queued or being written. Returns false if the writing
-    /// thread is gone (the caller then writes itself).
+    /// buffer: an idle one, else a fresh one while there are fewer than [`MAX_BUFFERS`], else the
+    /// next to come back (it blocks). Returns false if the writing thread is gone (the caller then
+    /// writes itself).
     pub(crate) fn write(&self, file: Option<&Arc<File>>, path: &Arc<str>, at: u64, data: &[u8]) -> bool {
-        let Ok(mut buf) = self.pool.recv() else { return false };
+        let buf = match self.pool.try_recv() {
+            Ok(b) => Ok(b),
+            // Only this thread adds buffers, so the count cannot pass the limit between the two.
+            Err(_) if self.buffers.load(Ordering::Relaxed) < MAX_BUFFERS => {
+                self.buffers.fetch_add(1, Ordering::Relaxed);
+                Ok(Vec::with_capacity(BUFFER_BYTES))
+            }
+            Err(_) => self.pool.recv(),
+        };
+        let Ok(mut buf) = buf else { return false };
         buf.clear();
         buf.extend_from_slice(data);
         if self.tx.send(Req::Write(Queued { file: file.cloned(), path: path.clone(), at, buf })).is_err() {
@@ -188,7 +215,7 @@ impl WriteQueue {
     }
 }
 
-fn run(rx: &Receiver<Req>, pool: &Sender<Vec<u8>>, s: &Shared) {
+fn run(rx: &Receiver<Req>, pool: &Sender<Vec<u8>>, buffers: &AtomicUsize, s: &Shared) {
     while let Ok(req) = rx.recv() {
         let w = match req {
             Req::Write(w) => w,
@@ -223,8 +250,14 @@ fn run(rx: &Receiver<Req>, pool: &Sender<Vec<u8>>, s: &Shared) {
         {
             errs.push(format!("I/O error on {}: {e}", w.path));
         }
+        // Caught up (the pool holds its first allocation's worth idle): what the worker took
+        // beyond that while this thread was behind is freed.
+        if pool.len() >= BUFFERS {
+            buffers.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            let _ = pool.try_send(w.buf);
+        }
         s.done.fetch_add(1, Ordering::Release);
-        let _ = pool.try_send(w.buf);
     }
 }
 
@@ -278,5 +311,67 @@ mod tests {
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].contains(&*missing), "{errs:?}");
         assert!(wb.take_errors().is_empty(), "reported once");
+    }
+
+    /// A writing thread that falls behind does not hold the worker up until the sink has
+    /// [`MAX_BUFFERS`] buffers; then the worker waits for one to come back; once the thread has
+    /// caught up, the buffers beyond [`BUFFERS`] are freed. The file is a FIFO nobody reads yet,
+    /// so the thread's first writes fill the pipe and the next one blocks.
+    #[test]
+    fn a_stalled_writer_gets_more_buffers_up_to_the_limit_and_frees_them_after() {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo(3) with a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        // The read end first (non-blocking), so opening the write end does not wait.
+        let mut reader = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap();
+        let file = Arc::new(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
+        let path: Arc<str> = fifo.display().to_string().into();
+        let wb = Writeback::start().unwrap();
+        let q = wb.queue();
+        let chunk = vec![7u8; BUFFER_BYTES];
+        let total = MAX_BUFFERS + 64;
+        let written = Arc::new(AtomicUsize::new(0));
+        let worker = {
+            let (q, file, path, written) = (q.clone(), file.clone(), path.clone(), written.clone());
+            std::thread::spawn(move || {
+                for i in 0..total {
+                    assert!(q.write(Some(&file), &path, (i * BUFFER_BYTES) as u64, &chunk));
+                    written.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        // The pipe takes a few writes (64 KiB), then the thread blocks and the worker runs
+        // through every buffer the sink may have, and waits.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while written.load(Ordering::Relaxed) < MAX_BUFFERS && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let before = written.load(Ordering::Relaxed);
+        assert!(before >= MAX_BUFFERS, "the worker waited after {before} writes, with {BUFFERS} buffers to start with");
+        assert!(before < total, "the worker never waited: {before} writes queued while nothing was written");
+        assert_eq!(q.buffers.load(Ordering::Relaxed), MAX_BUFFERS);
+        // Reading the pipe lets the thread catch up; every write arrives, in order.
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        while got < total * BUFFER_BYTES {
+            match reader.read(&mut buf) {
+                Ok(n) => {
+                    assert!(buf[..n].iter().all(|&b| b == 7));
+                    got += n;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("reading the FIFO: {e}"),
+            }
+            assert!(std::time::Instant::now() < deadline + std::time::Duration::from_secs(30), "read {got} bytes");
+        }
+        worker.join().unwrap();
+        wb.drain();
+        assert!(wb.take_errors().is_empty());
+        assert_eq!(q.buffers.load(Ordering::Relaxed), BUFFERS, "the extra buffers were freed once caught up");
     }
 }
