@@ -91,6 +91,17 @@ pub enum Pipeline {
     Queued,
 }
 
+/// How a reader thread is scheduled (see `recorder::priority`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReaderPriority {
+    /// Real-time (SCHED_FIFO 1) where the kernel allows it, the nice value otherwise.
+    #[default]
+    Realtime,
+    /// A nice value 5 below the process's, never real-time.
+    Nice,
+}
+
 /// Every setting of `capture`, as flags; each can also come from the TOML file of `--config`
 /// (same names, with `_` for `-`; flags win).
 #[derive(Debug, Default, clap::Args, Deserialize)]
@@ -140,6 +151,11 @@ pub struct CaptureArgs {
     /// scheduled for longer than they last loses frames (`ring_drops`/`other_drops`).
     #[arg(long, value_name = "N")]
     pub xdp_frames: Option<u32>,
+    /// How the reader threads (one per receive queue; with an inline worker, the whole recording
+    /// path) are scheduled: `realtime` (SCHED_FIFO, lowest priority; needs CAP_SYS_NICE, falls
+    /// back to `nice` with a warning) or `nice` (5 below the process) [default: realtime].
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub reader_priority: Option<ReaderPriority>,
     /// Seconds without SIP or media after which a call's endpoints leave the filter [default 600].
     #[arg(long, value_name = "SECS")]
     pub media_idle_timeout: Option<u64>,
@@ -178,6 +194,7 @@ impl CaptureArgs {
         self.xdp_generic |= file.xdp_generic;
         self.af_xdp_crate = self.af_xdp_crate.or(file.af_xdp_crate);
         self.xdp_frames = self.xdp_frames.or(file.xdp_frames);
+        self.reader_priority = self.reader_priority.or(file.reader_priority);
         self.media_idle_timeout = self.media_idle_timeout.or(file.media_idle_timeout);
         self.log_interval = self.log_interval.or(file.log_interval);
         self.duration = self.duration.or(file.duration);
@@ -424,6 +441,7 @@ pub fn run(dir: &Path, args: CaptureArgs, user: &str) -> Result<ExitCode> {
             learn_rx,
             media_maps: filters.iter().map(XdpFilter::media).collect(),
             inline: inline_worker.take(),
+            priority: args.reader_priority.unwrap_or_default(),
             // Steering tracks as many calls as the workers' engines can hold between them.
             steer: SteerConfig {
                 workers,
@@ -555,6 +573,7 @@ struct ReaderCtx {
     steer: SteerConfig,
     /// The one worker, run on this reader's thread (`--pipeline inline`).
     inline: Option<InlineWorker>,
+    priority: ReaderPriority,
 }
 
 /// What a reader needs to run the one worker itself.
@@ -579,15 +598,7 @@ impl Downstream<'_> {
 }
 
 fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx, workers: usize) -> Result<()> {
-    // Ahead of the workers and the writing threads: the socket's ring is the shortest buffer.
-    if let Err(e) = recorder::priority::adjust_thread_nice(recorder::priority::READER_NICE) {
-        eprintln!(
-            "callrec: warning: {}: cannot raise the reader's priority (nice {:+}): {e}; it may lose frames \
-             while the cores are busy (run capture as root, or give it CAP_SYS_NICE)",
-            src.label(),
-            recorder::priority::READER_NICE
-        );
-    }
+    prioritise(&src.label(), ctx.priority);
     let mut inline_store = ctx.inline.as_ref().map(|w| Store::open(&w.dir)).transpose()?;
     let mut down = match (&mut inline_store, &ctx.inline) {
         (Some(store), Some(w)) => Downstream::Inline(Box::new(WorkerCore::new(store, workers, &w.stats)?)),
@@ -727,6 +738,30 @@ fn reader(mut src: Box<dyn Source>, ctx: ReaderCtx, workers: usize) -> Result<()
         core.finish();
     }
     Ok(())
+}
+
+/// Puts the calling reader thread ahead of the workers, the writing threads and everything else
+/// on its cores: the socket's ring is the shortest buffer (see `recorder::priority`). Real-time
+/// where asked and allowed; otherwise, or where refused, a nice value below the process's.
+fn prioritise(label: &str, how: ReaderPriority) {
+    use recorder::priority::{READER_NICE, READER_RT_PRIORITY, adjust_thread_nice, set_thread_fifo};
+    if how == ReaderPriority::Realtime {
+        match set_thread_fifo(READER_RT_PRIORITY) {
+            Ok(()) => return,
+            Err(e) => eprintln!(
+                "callrec: warning: {label}: cannot make the reader real-time (SCHED_FIFO {READER_RT_PRIORITY}): {e}; \
+                 using nice {READER_NICE:+} instead, which loses frames sooner while the cores are busy (give \
+                 capture CAP_SYS_NICE and real-time time in its cgroup, or pass --reader-priority nice to \
+                 silence this)"
+            ),
+        }
+    }
+    if let Err(e) = adjust_thread_nice(READER_NICE) {
+        eprintln!(
+            "callrec: warning: {label}: cannot raise the reader's priority (nice {READER_NICE:+}): {e}; it may \
+             lose frames while the cores are busy (run capture as root, or give it CAP_SYS_NICE)"
+        );
+    }
 }
 
 /// Frames a poll must bring, packets that must be staged, and how long the first of them may
@@ -1109,6 +1144,25 @@ mod tests {
         assert_eq!(r.sip_ports, vec![5060, 5061]);
         assert_eq!(r.store.as_deref(), Some(Path::new("/var/lib/callrec")));
         assert_eq!((r.media_idle_timeout, r.log_interval, r.retention_days), (Some(600), Some(60), Some(1825)));
+    }
+
+    #[test]
+    fn the_reader_priority_comes_from_the_file_unless_a_flag_says_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        let resolve = |text: &str, flag: Option<ReaderPriority>| {
+            std::fs::write(&file, text).unwrap();
+            CaptureArgs { config: Some(file.clone()), reader_priority: flag, ..Default::default() }.resolve()
+        };
+        for (text, want) in [("nice", ReaderPriority::Nice), ("realtime", ReaderPriority::Realtime)] {
+            let got = resolve(&format!("reader_priority = \"{text}\"\n"), None).unwrap().reader_priority;
+            assert_eq!(got, Some(want), "{text}");
+        }
+        let flag_wins = resolve("reader_priority = \"nice\"\n", Some(ReaderPriority::Realtime)).unwrap();
+        assert_eq!(flag_wins.reader_priority, Some(ReaderPriority::Realtime));
+        let err = format!("{:#}", resolve("reader_priority = \"fifo\"\n", None).unwrap_err());
+        assert!(err.contains("c.toml") && err.contains("fifo"), "{err}");
+        assert_eq!(ReaderPriority::default(), ReaderPriority::Realtime, "real-time unless asked otherwise");
     }
 
     #[test]

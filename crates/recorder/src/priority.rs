@@ -7,7 +7,8 @@
 //! fit. Perf's scheduler trace of a losing 10,000-call live run on the 2-core rig found the reader
 //! off its core 4.9 s of 6 s, nearly all of it runnable (preempted), in stretches of up to 36 ms,
 //! while the workers' queues (1,024 batches each) and the writing thread's buffers (about a
-//! second of audio) had room to spare. So the reader runs [`READER_NICE`] from the process's nice
+//! second of audio) had room to spare. So the reader runs real-time ([`READER_RT_PRIORITY`],
+//! capture's default since the seventeenth session) or [`READER_NICE`] from the process's nice
 //! value, the thread that writes recordings (it only empties buffers the workers can wait on)
 //! [`WRITER_NICE`] from it, the workers at it (relative, so `nice callrec capture` still works).
 //! `import`'s writing threads run at [`WRITER_NICE`] too: there the workers wait on them when
@@ -22,6 +23,21 @@
 //! nice -10 (reverted then: it also left the workers less).
 
 use std::io;
+
+/// Capture's reader threads' real-time priority (`SCHED_FIFO`, the lowest there is), where the
+/// kernel allows it; [`READER_NICE`] where it does not or the operator says so.
+///
+/// Why real-time: a nice value only weighs the reader's share against the threads around it;
+/// it still waits its turn behind them. In the live bench at 12,000 calls going on on 2 cores
+/// (docs/BENCHMARKS.md, seventeenth session) the inline reader at nice -5 lost 0.18-0.40 % of
+/// the packets at its AF_XDP socket in stretches where it was off its core 13-17 ms at a time,
+/// again and again, with no long stall of its own; moved to `SCHED_FIFO` 1 from outside
+/// (`chrt -f -p 1`), the same build lost nothing and completed every call. A real-time thread
+/// that never sleeps could starve its core, but the reader sleeps whenever its ring is empty,
+/// waits for the writing thread's buffers when the disk is behind, and the kernel keeps 5 % of
+/// every second for other threads (`sched_rt_runtime_us`). Threads it starts (the inline
+/// worker's writing and sync threads) do not inherit the policy (`SCHED_RESET_ON_FORK`).
+pub const READER_RT_PRIORITY: i32 = 1;
 
 /// Capture's reader threads' nice value, from the process's. Negative: needs CAP_SYS_NICE
 /// (capture runs as root); without it the reader keeps the process's and capture says so.
@@ -41,6 +57,23 @@ pub fn set_thread_nice(nice: i32) -> io::Result<()> {
     // SAFETY: gettid has no preconditions; setpriority only reads its arguments.
     let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
     if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Makes the calling thread a real-time thread: `SCHED_FIFO` at `priority`, with threads it
+/// starts from now on back at `SCHED_OTHER` and a nice value of at least 0.
+pub fn set_thread_fifo(priority: i32) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: priority };
+    // SAFETY: gettid has no preconditions; sched_setscheduler only reads `param`.
+    let r = unsafe { libc::sched_setscheduler(libc::gettid(), libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param) };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// The calling thread's scheduling policy (`libc::SCHED_OTHER`, `libc::SCHED_FIFO`, ...), without
+/// the reset-on-fork flag.
+pub fn thread_policy() -> io::Result<i32> {
+    // SAFETY: gettid has no preconditions; sched_getscheduler only reads its argument.
+    let r = unsafe { libc::sched_getscheduler(libc::gettid()) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r & !libc::SCHED_RESET_ON_FORK) }
 }
 
 /// The calling thread's nice value.
@@ -73,5 +106,34 @@ mod tests {
         .unwrap();
         assert_eq!(inside.1, (inside.0 + WRITER_NICE).min(19));
         assert_eq!(thread_nice().unwrap(), before, "the spawning thread keeps its value");
+    }
+
+    /// A real-time thread stays one alone: a thread it starts runs `SCHED_OTHER` again, at a
+    /// nice value of its own to change. Where the kernel refuses (no CAP_SYS_NICE, or a cgroup
+    /// without real-time time) it says so with an error and nothing changes.
+    #[test]
+    fn a_real_time_thread_starts_ordinary_threads() {
+        let (set, policy, child) = std::thread::spawn(|| {
+            let set = set_thread_fifo(READER_RT_PRIORITY);
+            let policy = thread_policy().unwrap();
+            let child = std::thread::spawn(|| (thread_policy().unwrap(), adjust_thread_nice(WRITER_NICE).unwrap()))
+                .join()
+                .unwrap();
+            (set, policy, child)
+        })
+        .join()
+        .unwrap();
+        match set {
+            Ok(()) => {
+                assert_eq!(policy, libc::SCHED_FIFO);
+                assert_eq!(child.0, libc::SCHED_OTHER, "the policy was inherited");
+                assert!(child.1 >= WRITER_NICE, "nice {} in the child", child.1);
+            }
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+                assert_eq!(policy, libc::SCHED_OTHER);
+            }
+        }
+        assert_eq!(thread_policy().unwrap(), libc::SCHED_OTHER, "the test's own thread is untouched");
     }
 }
