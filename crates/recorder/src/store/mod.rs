@@ -571,9 +571,9 @@ impl StoreSink<'_> {
         }
     }
 
-    /// Periodic work in capture time: once a second, writes the chunks and held tails older than a
-    /// second (at most [`TICK_WRITES`] recordings' a call: the rest on the next calls) and commits
-    /// the index batch.
+    /// Periodic work in capture time: once a second, commits the index batch and starts a scan
+    /// that writes the chunks and held tails older than a second, at most [`TICK_WRITES`]
+    /// recordings' worth per call (the rest on the next calls).
     pub fn tick(&mut self, now_ns: i64) {
         if now_ns.saturating_sub(self.last_tick) >= 1_000_000_000 {
             self.last_tick = now_ns;

@@ -45,7 +45,7 @@ const BUFFER_BYTES: usize = 16 * 1024;
 /// output at 12,000 calls going on (72 MB/s). A worker waiting for a buffer leaves its capture
 /// socket unread: an AF_XDP socket holds 160 ms of frames at 400 kpps (65,536 UMEM frames of
 /// 2 KiB for packets of ~214 bytes), and in the live bench at 12,000 calls going on the inline
-/// worker's store tick waited up to 213 ms and the socket dropped 1.9-2.6 % of the packets.
+/// worker's store tick waited up to 213 ms and the socket dropped 1.1-2.6 % of the packets.
 /// Sealed chunks are the densest place to buffer: 64 MiB hold ~0.9 s of that output.
 const MAX_BUFFERS: usize = 4096;
 /// Errors kept until the sink collects them.
