@@ -499,13 +499,17 @@ fn one_run(rig: &Rig, o: &LiveOpts, trash: &mut Trash, mode: &str, calls: u32, f
         out["queue_drops"] = json!(sum("queue_drops"));
         out["unmatched"] = json!(sum("unmatched"));
         out["xdp"] = st["xdp"]["mirror0"].clone();
-        // Per worker, the longest time away from its queue (a batch, a store tick), in ms.
+        // Per worker, the longest time away from its queue (a batch, a store tick), in ms, and its
+        // waits for the writing thread's buffers.
         out["workers"] = json!(
             st["workers"]
                 .as_array()
                 .map(|ws| ws
                     .iter()
                     .map(|w| json!({"max_batch_ms": w["max_batch_ms"], "max_tick_ms": w["max_tick_ms"],
+                        "write_waits": w["write_waits"], "write_wait_ms": w["write_wait_ms"],
+                        "max_write_wait_ms": w["max_write_wait_ms"],
+                        "max_create_ms": w["max_create_ms"], "max_index_ms": w["max_index_ms"],
                         "packets": w["packets"], "batches": w["batches"]}))
                     .collect::<Vec<_>>())
                 .unwrap_or_default()

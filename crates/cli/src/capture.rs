@@ -305,6 +305,14 @@ struct WorkerStats {
     /// reader drop what does not fit in the queue.
     max_batch_us: AtomicU64,
     max_tick_us: AtomicU64,
+    /// Times the worker waited for its writing thread's buffers (the disk, or that thread, fell
+    /// behind), in total and at most, in µs: time away from its queue too.
+    write_waits: AtomicU64,
+    write_wait_us: AtomicU64,
+    max_write_wait_us: AtomicU64,
+    /// The longest recording creation and index write of the worker's store, in µs.
+    max_create_us: AtomicU64,
+    max_index_us: AtomicU64,
 }
 
 struct WorkerLink {
@@ -878,6 +886,12 @@ impl<'s> WorkerCore<'s> {
         stats.calls_started.store(self.engine.stats().calls_started, Ordering::Relaxed);
         stats.recorded.store(self.sink.recorded, Ordering::Relaxed);
         stats.store_errors.store(self.sink.errors.len() as u64, Ordering::Relaxed);
+        let w = self.sink.write_waits();
+        stats.write_waits.store(w.count, Ordering::Relaxed);
+        stats.write_wait_us.store(w.total_ns / 1_000, Ordering::Relaxed);
+        stats.max_write_wait_us.store(w.max_ns / 1_000, Ordering::Relaxed);
+        stats.max_create_us.store(self.sink.max_create_ns / 1_000, Ordering::Relaxed);
+        stats.max_index_us.store(self.sink.max_index_ns / 1_000, Ordering::Relaxed);
     }
 
     /// Ends every call in progress (`capture-ended`) and flushes the store.
@@ -985,6 +999,9 @@ impl StatusView<'_> {
                     "calls": ld(&s.calls_started), "recorded": ld(&s.recorded),
                     "store_errors": ld(&s.store_errors), "lag_ms": ld(&s.lag_ns) as f64 / 1e6,
                     "max_batch_ms": ld(&s.max_batch_us) as f64 / 1e3, "max_tick_ms": ld(&s.max_tick_us) as f64 / 1e3,
+                    "write_waits": ld(&s.write_waits), "write_wait_ms": ld(&s.write_wait_us) as f64 / 1e3,
+                    "max_write_wait_ms": ld(&s.max_write_wait_us) as f64 / 1e3,
+                    "max_create_ms": ld(&s.max_create_us) as f64 / 1e3, "max_index_ms": ld(&s.max_index_us) as f64 / 1e3,
                 })
             })
             .collect();
@@ -1100,8 +1117,20 @@ pub fn status(dir: &Path, json_out: bool) -> Result<ExitCode> {
         }
         for w in st["workers"].as_array().into_iter().flatten() {
             println!(
-                "  worker {:<3} active {:>5}  recorded {:>7}  packets {:>10}  lag {} ms",
-                w["worker"], w["active_calls"], w["recorded"], w["packets"], w["lag_ms"]
+                "  worker {:<3} active {:>5}  recorded {:>7}  packets {:>10}  lag {} ms  longest batch {} ms, tick {} ms, \
+                 recording created {} ms, index write {} ms  waited for the disk {} times ({} ms, longest {} ms)",
+                w["worker"],
+                w["active_calls"],
+                w["recorded"],
+                w["packets"],
+                w["lag_ms"],
+                w["max_batch_ms"],
+                w["max_tick_ms"],
+                w["max_create_ms"],
+                w["max_index_ms"],
+                w["write_waits"],
+                w["write_wait_ms"],
+                w["max_write_wait_ms"]
             );
         }
         if let Some(x) = st["xdp"].as_object() {

@@ -173,6 +173,12 @@ fn record_calls(mode: &str, extra: &[&str], tag: &str) -> (TestStore, Value) {
     let _ = noise.wait();
     let (status, err) = stop_capture(cap);
     assert_eq!(status["totals"]["drops"], 0, "{status:#}\n{err}");
+    // The workers' stalls are on the books: recordings were created and indexed, and three
+    // calls never ran the writing thread out of buffers.
+    let ws = status["workers"].as_array().expect("workers");
+    let ms = |w: &Value, k: &str| w[k].as_f64().unwrap_or_else(|| panic!("{k}: {w:#}"));
+    assert!(ws.iter().any(|w| ms(w, "max_create_ms") > 0.0 && ms(w, "max_index_ms") > 0.0), "{ws:#?}");
+    assert!(ws.iter().all(|w| w["write_waits"] == 0 && ms(w, "max_write_wait_ms") == 0.0), "{ws:#?}");
     let link =
         Command::new("ip").args(["-n", &format!("{}-cap", rig.name), "link", "show", "mirror0"]).output().unwrap();
     let link = String::from_utf8_lossy(&link.stdout);

@@ -9,10 +9,19 @@
 //! while the workers' queues (1,024 batches each) and the writing thread's buffers (about a
 //! second of audio) had room to spare. So the reader runs real-time ([`READER_RT_PRIORITY`],
 //! capture's default since the seventeenth session) or [`READER_NICE`] from the process's nice
-//! value, the thread that writes recordings (it only empties buffers the workers can wait on)
-//! [`WRITER_NICE`] from it, the workers at it (relative, so `nice callrec capture` still works).
-//! `import`'s writing threads run at [`WRITER_NICE`] too: there the workers wait on them when
-//! their buffers run out, so the order costs nothing.
+//! value, the threads that write recordings [`WRITER_NICE`] from it (see [`set_writer_nice`]),
+//! the workers at it (relative, so `nice callrec capture` still works).
+//!
+//! The writing threads ran at +5 until the eighteenth session, as threads that only empty
+//! buffers the workers can wait on. But a worker that finds all of them in use stops reading
+//! packets until one comes back, and the inline worker is the reader: at 14,000 calls going on in
+//! the live bench (2 cores, reader real-time) the seventeenth session's trace found five of the
+//! inline worker's eight longest stalls waiting for those buffers (64 MiB in flight), and in
+//! alternating runs the socket dropped frames in two of two with the writing thread at +5 (0.030
+//! and 0.018 % lost), in none of two at the process's value and none of two at -5. At the
+//! process's value it still fell behind in a later run (0.18 % lost, 1.46 s of waits), waiting
+//! for a core three times as long as it ran, hence [`WRITER_NICE`] (docs/BENCHMARKS.md, "The
+//! writing thread's priority").
 //!
 //! Measured (docs/BENCHMARKS.md, tenth session), 8,000-call live runs at the 2-core rig's edge:
 //! lost 0.27 % in the median of 9 runs with these priorities (3 lossless) against 2.37 % in the
@@ -42,8 +51,18 @@ pub const READER_RT_PRIORITY: i32 = 1;
 /// Capture's reader threads' nice value, from the process's. Negative: needs CAP_SYS_NICE
 /// (capture runs as root); without it the reader keeps the process's and capture says so.
 pub const READER_NICE: i32 = -5;
-/// A recorder's writing thread's nice value ([`crate::store::writeback`]), from the process's.
-pub const WRITER_NICE: i32 = 5;
+
+/// A recorder's writing thread's nice value, from the process's: ahead of the workers, the
+/// kernel's writeback workers and everything else at the process's value, one step behind a
+/// reader at [`READER_NICE`] (where real-time is refused), which holds the shorter buffer.
+///
+/// Why: a worker that finds all the writing thread's buffers in use (64 MiB, about a second of
+/// output) stops until one comes back, and the inline worker is the reader. At the process's
+/// value the writing thread spent three times as long waiting for a core as running in the live
+/// bench at 14,000 calls going on (2 cores; `schedstat`: 65.7 s runnable against 22.8 s on a
+/// core), and the worker waited for its buffers 1.46 s in one run that lost 0.18 %
+/// (docs/BENCHMARKS.md, "The writing thread's priority").
+pub const WRITER_NICE: i32 = READER_NICE + 1;
 
 /// Moves the calling thread's nice value by `delta` (within -20..=19); returns the new value.
 pub fn adjust_thread_nice(delta: i32) -> io::Result<i32> {
@@ -78,14 +97,37 @@ pub fn thread_policy() -> io::Result<i32> {
 
 /// The calling thread's nice value.
 pub fn thread_nice() -> io::Result<i32> {
+    // SAFETY: gettid has no preconditions.
+    nice_of(unsafe { libc::gettid() })
+}
+
+/// The process's nice value: its main thread's, which `nice` and `renice PID` set.
+pub fn process_nice() -> io::Result<i32> {
+    // SAFETY: getpid has no preconditions.
+    nice_of(unsafe { libc::getpid() })
+}
+
+fn nice_of(tid: libc::pid_t) -> io::Result<i32> {
     // getpriority returns the nice value, and -1 is a valid one: errno tells an error apart.
-    // SAFETY: errno is thread-local; gettid and getpriority only read their arguments.
+    // SAFETY: errno is thread-local; getpriority only reads its arguments.
     unsafe {
         *libc::__errno_location() = 0;
-        let n = libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t);
+        let n = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
         let e = io::Error::last_os_error();
         if n == -1 && e.raw_os_error().is_some_and(|c| c != 0) { Err(e) } else { Ok(n) }
     }
+}
+
+/// Puts the calling thread at [`WRITER_NICE`] from the process's nice value, whatever it
+/// inherited from the thread that started it (a reader at nice -5, or a real-time one whose
+/// children start at 0): a recorder's writing thread ([`crate::store::writeback`]). Lowering the
+/// value needs CAP_SYS_NICE; without it the thread keeps what it has (returned as the error).
+pub fn set_writer_nice() -> io::Result<i32> {
+    let n = (process_nice()? + WRITER_NICE).clamp(-20, 19);
+    if thread_nice()? != n {
+        set_thread_nice(n)?;
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -98,13 +140,13 @@ mod tests {
         let before = thread_nice().unwrap();
         let inside = std::thread::spawn(|| {
             let start = thread_nice().unwrap();
-            let set = adjust_thread_nice(WRITER_NICE).unwrap();
+            let set = adjust_thread_nice(5).unwrap();
             assert_eq!(set, thread_nice().unwrap());
             (start, set)
         })
         .join()
         .unwrap();
-        assert_eq!(inside.1, (inside.0 + WRITER_NICE).min(19));
+        assert_eq!(inside.1, (inside.0 + 5).min(19));
         assert_eq!(thread_nice().unwrap(), before, "the spawning thread keeps its value");
     }
 
@@ -116,9 +158,7 @@ mod tests {
         let (set, policy, child) = std::thread::spawn(|| {
             let set = set_thread_fifo(READER_RT_PRIORITY);
             let policy = thread_policy().unwrap();
-            let child = std::thread::spawn(|| (thread_policy().unwrap(), adjust_thread_nice(WRITER_NICE).unwrap()))
-                .join()
-                .unwrap();
+            let child = std::thread::spawn(|| (thread_policy().unwrap(), thread_nice().unwrap())).join().unwrap();
             (set, policy, child)
         })
         .join()
@@ -127,7 +167,7 @@ mod tests {
             Ok(()) => {
                 assert_eq!(policy, libc::SCHED_FIFO);
                 assert_eq!(child.0, libc::SCHED_OTHER, "the policy was inherited");
-                assert!(child.1 >= WRITER_NICE, "nice {} in the child", child.1);
+                assert!(child.1 >= 0, "nice {} in the child", child.1);
             }
             Err(e) => {
                 assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
@@ -135,5 +175,44 @@ mod tests {
             }
         }
         assert_eq!(thread_policy().unwrap(), libc::SCHED_OTHER, "the test's own thread is untouched");
+    }
+
+    /// A writing thread started by a thread that moved its own nice value ends at
+    /// [`WRITER_NICE`] from the process's, down from a higher value and up from a lower one, as a
+    /// real-time or nice -5 reader's would; the threads around it keep theirs.
+    #[test]
+    fn a_writing_thread_takes_its_place_from_the_process() {
+        let process = process_nice().unwrap();
+        let want = (process + WRITER_NICE).clamp(-20, 19);
+        for delta in [5, -5] {
+            let (moved, child) = std::thread::spawn(move || {
+                let moved = adjust_thread_nice(delta);
+                let child = std::thread::spawn(|| (set_writer_nice(), thread_nice().unwrap())).join().unwrap();
+                (moved.map(|_| thread_nice().unwrap()), child)
+            })
+            .join()
+            .unwrap();
+            match moved {
+                // Lowering refused (no CAP_SYS_NICE): nothing to compare the child against.
+                Err(e) => assert!(refused(&e), "{e}"),
+                Ok(parent) => {
+                    assert_eq!(parent, (process + delta).clamp(-20, 19), "the parent keeps its value");
+                    match child.0 {
+                        Ok(n) => assert_eq!((n, child.1), (want, want), "delta {delta}"),
+                        // Without CAP_SYS_NICE the child keeps what it inherited.
+                        Err(e) => {
+                            assert!(refused(&e), "delta {delta}: {e}");
+                            assert_eq!(child.1, parent);
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(process_nice().unwrap(), process);
+    }
+
+    /// setpriority(2) refuses a lower nice value with EACCES, sched_setscheduler with EPERM.
+    fn refused(e: &io::Error) -> bool {
+        matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM))
     }
 }

@@ -17,10 +17,12 @@ pub mod query;
 pub mod syncer;
 pub mod writeback;
 
+pub use writeback::WriteWaits;
 use writeback::{WriteQueue, Writeback};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use thiserror::Error;
 
@@ -183,6 +185,8 @@ impl Store {
             errors: Vec::new(),
             recorded: 0,
             batched_chunks: 0,
+            max_create_ns: 0,
+            max_index_ns: 0,
             last_tick: i64::MIN,
             scan_at: 0,
             scan_left: 0,
@@ -332,6 +336,10 @@ pub struct StoreSink<'a> {
     pub recorded: u64,
     /// Chunks flushed in batches (their MD5 advanced in SIMD lanes); the others flushed alone.
     pub batched_chunks: u64,
+    /// The longest this thread took to create one recording (directory, file, header) and to
+    /// write one batch of index rows, in ns: time a live worker spends away from its packets.
+    pub max_create_ns: u64,
+    pub max_index_ns: u64,
     last_tick: i64,
     /// The scan of the recordings' flush timers (see [`StoreSink::scan`]): the next slot, and
     /// how many slots are left to look at.
@@ -478,6 +486,7 @@ impl StoreSink<'_> {
         if ready == 0 {
             return;
         }
+        let t = Instant::now();
         let mut errs = Vec::new();
         for op in self.ops.drain(..ready) {
             let r = match op {
@@ -506,6 +515,7 @@ impl StoreSink<'_> {
         if let Err(e) = self.store.index.commit() {
             errs.push(e);
         }
+        self.max_index_ns = self.max_index_ns.max(t.elapsed().as_nanos() as u64);
         for e in errs {
             self.note_err(e);
         }
@@ -620,6 +630,12 @@ impl StoreSink<'_> {
         }
     }
 
+    /// How this sink's recording thread has waited for its writing thread's buffers (none while
+    /// it writes without one).
+    pub fn write_waits(&self) -> WriteWaits {
+        self.writeback.as_ref().map(Writeback::waits).unwrap_or_default()
+    }
+
     /// Blocks until the writing thread has performed every write handed to it so far, so the
     /// files hold everything this sink has written out (tests read recordings in progress).
     pub fn wait_writes(&self) {
@@ -638,6 +654,7 @@ impl StoreSink<'_> {
 
 impl Sink for StoreSink<'_> {
     fn call_started(&mut self, call: CallRef, call_id: &str, start_ns: i64) {
+        let t = Instant::now();
         let day = crate::timefmt::rfc3339_ms(start_ns);
         let (y, m, d) = (&day[..4], &day[5..7], &day[8..10]);
         let dir_rel = format!("recordings/{y}/{m}/{d}");
@@ -655,6 +672,7 @@ impl Sink for StoreSink<'_> {
                 Ok(w) => w,
                 Err(e) => return self.note_err(e),
             };
+        self.max_create_ns = self.max_create_ns.max(t.elapsed().as_nanos() as u64);
         if keep_open {
             self.open_files += 1;
         }

@@ -80,6 +80,22 @@ struct Shared {
     /// Requests performed (written, or failed and reported), in order.
     done: AtomicU64,
     errors: Mutex<Vec<String>>,
+    /// Times the recording thread waited for a buffer to come back (all [`MAX_BUFFERS`] in use),
+    /// in total and at most, in ns: the writing thread was that far behind (see [`WriteWaits`]).
+    waits: AtomicU64,
+    waited_ns: AtomicU64,
+    max_wait_ns: AtomicU64,
+}
+
+/// How often and how long the thread recording calls waited for the writing thread's buffers:
+/// while it waits it reads no packets, so a capture's socket fills (live bench, seventeenth
+/// session: five of the eight longest stalls of a losing run were such waits). Reported in
+/// capture's statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteWaits {
+    pub count: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
 }
 
 /// The sending side, one per sink; cheap handles ([`WriteQueue`]) go to each recording.
@@ -115,16 +131,23 @@ impl Writeback {
         for _ in 0..BUFFERS {
             let _ = pool_tx.try_send(Vec::with_capacity(BUFFER_BYTES));
         }
-        let shared = Arc::new(Shared { done: AtomicU64::new(0), errors: Mutex::new(Vec::new()) });
+        let shared = Arc::new(Shared {
+            done: AtomicU64::new(0),
+            errors: Mutex::new(Vec::new()),
+            waits: AtomicU64::new(0),
+            waited_ns: AtomicU64::new(0),
+            max_wait_ns: AtomicU64::new(0),
+        });
         let s = shared.clone();
         let buffers = Arc::new(AtomicUsize::new(BUFFERS));
         let b = buffers.clone();
         let thread = std::thread::Builder::new()
             .name("callrec-write".into())
             .spawn(move || {
-                // Below the workers it serves (see `crate::priority`); raising one's own nice
-                // value cannot fail for lack of privilege, and nothing depends on it.
-                let _ = crate::priority::adjust_thread_nice(crate::priority::WRITER_NICE);
+                // Ahead of the workers it serves, from the process's value, not from the thread
+                // that started it (a real-time or nice -5 reader; see `crate::priority`). Where
+                // the value cannot be lowered (no CAP_SYS_NICE) it keeps what it inherited.
+                let _ = crate::priority::set_writer_nice();
                 run(&rx, &pool_tx, &b, &s)
             })
             .map_err(|e| format!("cannot start the file-writing thread: {e}"))?;
@@ -162,6 +185,16 @@ impl Writeback {
         self.queue.forget(path)
     }
 
+    /// How the recording thread has waited for buffers so far.
+    pub fn waits(&self) -> WriteWaits {
+        let s = &self.queue.shared;
+        WriteWaits {
+            count: s.waits.load(Ordering::Relaxed),
+            total_ns: s.waited_ns.load(Ordering::Relaxed),
+            max_ns: s.max_wait_ns.load(Ordering::Relaxed),
+        }
+    }
+
     /// Write failures since the last call.
     pub fn take_errors(&self) -> Vec<String> {
         self.queue.shared.errors.lock().map(|mut e| std::mem::take(&mut *e)).unwrap_or_default()
@@ -192,7 +225,16 @@ impl WriteQueue {
                 self.buffers.fetch_add(1, Ordering::Relaxed);
                 Ok(Vec::with_capacity(BUFFER_BYTES))
             }
-            Err(_) => self.pool.recv(),
+            Err(_) => {
+                let t = std::time::Instant::now();
+                let b = self.pool.recv();
+                let ns = t.elapsed().as_nanos() as u64;
+                let s = &self.shared;
+                s.waits.fetch_add(1, Ordering::Relaxed);
+                s.waited_ns.fetch_add(ns, Ordering::Relaxed);
+                s.max_wait_ns.fetch_max(ns, Ordering::Relaxed);
+                b
+            }
         };
         let Ok(mut buf) = buf else { return false };
         buf.clear();
@@ -314,8 +356,9 @@ mod tests {
     }
 
     /// A writing thread that falls behind does not hold the worker up until the sink has
-    /// [`MAX_BUFFERS`] buffers; then the worker waits for one to come back; once the thread has
-    /// caught up, the buffers beyond [`BUFFERS`] are freed. The file is a FIFO nobody reads yet,
+    /// [`MAX_BUFFERS`] buffers; then the worker waits for one to come back, and the wait is
+    /// counted ([`Writeback::waits`]); once the thread has caught up, the buffers beyond
+    /// [`BUFFERS`] are freed. The file is a FIFO nobody reads yet,
     /// so the thread's first writes fill the pipe and the next one blocks.
     #[test]
     fn a_stalled_writer_gets_more_buffers_up_to_the_limit_and_frees_them_after() {
@@ -331,6 +374,7 @@ mod tests {
         let file = Arc::new(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
         let path: Arc<str> = fifo.display().to_string().into();
         let wb = Writeback::start().unwrap();
+        assert_eq!(wb.waits(), WriteWaits::default());
         let q = wb.queue();
         let chunk = vec![7u8; BUFFER_BYTES];
         let total = MAX_BUFFERS + 64;
@@ -372,6 +416,9 @@ mod tests {
         worker.join().unwrap();
         wb.drain();
         assert!(wb.take_errors().is_empty());
+        // The worker's wait is on the books: it lasted at least the 200 ms slept above.
+        let w = wb.waits();
+        assert!(w.count >= 1 && w.max_ns >= 200_000_000 && w.total_ns >= w.max_ns, "{w:?}");
         assert_eq!(q.buffers.load(Ordering::Relaxed), BUFFERS, "the extra buffers were freed once caught up");
     }
 }
