@@ -11,6 +11,7 @@
 pub mod file;
 pub mod fscheck;
 pub mod index;
+mod indexer;
 pub mod keys;
 pub mod md5x;
 pub mod query;
@@ -201,6 +202,8 @@ impl Store {
             syncer_failed: false,
             writeback: None,
             writeback_failed: false,
+            indexer: None,
+            indexer_failed: false,
             forget_finished: false,
         })
     }
@@ -337,7 +340,9 @@ pub struct StoreSink<'a> {
     /// Chunks flushed in batches (their MD5 advanced in SIMD lanes); the others flushed alone.
     pub batched_chunks: u64,
     /// The longest this thread took to create one recording (directory, file, header) and to
-    /// write one batch of index rows, in ns: time a live worker spends away from its packets.
+    /// commit one batch of index rows while recording (hand it to the index-writing thread, or
+    /// write it where that thread is not running; not the end of input's commit, which waits for
+    /// everything), in ns: time a live worker spends away from its packets.
     pub max_create_ns: u64,
     pub max_index_ns: u64,
     last_tick: i64,
@@ -366,6 +371,10 @@ pub struct StoreSink<'a> {
     /// before, or if it could not start (then this thread writes).
     writeback: Option<Writeback>,
     writeback_failed: bool,
+    /// The thread that writes the index rows (started with the first commit); `None` before, or
+    /// if it could not start (then this thread writes them).
+    indexer: Option<indexer::Indexer>,
+    indexer_failed: bool,
     /// See [`StoreSink::set_forget_finished`].
     forget_finished: bool,
 }
@@ -433,6 +442,13 @@ impl StoreSink<'_> {
     /// the rest wait for a later commit. With `wait`, first waits until all of them are durable.
     fn commit_durable(&mut self, wait: bool) {
         if self.ops.is_empty() {
+            // What was handed to the index thread before is committed by now, if asked.
+            if wait && let Some(ix) = &self.indexer {
+                ix.wait();
+                for e in ix.take_errors() {
+                    self.note_err(e);
+                }
+            }
             return;
         }
         if wait && let Some(wb) = &self.writeback {
@@ -487,37 +503,63 @@ impl StoreSink<'_> {
             return;
         }
         let t = Instant::now();
-        let mut errs = Vec::new();
-        for op in self.ops.drain(..ready) {
-            let r = match op {
-                IndexOp::Started { uid, file_id, call_id, start_ns, rel } => {
-                    self.store.index.insert_started(&file_id, &call_id, start_ns, &rel).map(|row| {
-                        self.rows.insert(uid, row);
-                    })
+        // On disk: the finished recordings' pages are clean and of no further use in the cache.
+        if self.forget_finished
+            && let Some(wb) = &self.writeback
+        {
+            for op in &self.ops[..ready] {
+                if let IndexOp::Completed { path, .. } = op {
+                    wb.forget(path);
                 }
-                IndexOp::Completed { uid, path, summary, md5, bytes, .. } => {
-                    // On disk: its pages are clean and of no further use in the cache.
-                    if self.forget_finished
-                        && let Some(wb) = &self.writeback
-                    {
-                        wb.forget(&path);
-                    }
-                    match self.rows.remove(&uid) {
-                        Some(row) => self.store.index.complete(row, &summary, &md5, bytes),
-                        None => Ok(()), // its start failed to index, and was reported then
-                    }
-                }
-            };
-            if let Err(e) = r {
-                errs.push(e);
             }
         }
-        if let Err(e) = self.store.index.commit() {
-            errs.push(e);
+        // The index thread applies the batch, in order after those before it; if it cannot
+        // start (or has stopped), this thread does.
+        self.start_indexer();
+        let batch: Vec<IndexOp> = self.ops.drain(..ready).collect();
+        let unsent = match &mut self.indexer {
+            Some(ix) => ix.send(batch).err(),
+            None => Some(batch),
+        };
+        let mut errs = Vec::new();
+        if let Some(batch) = unsent {
+            if self.indexer.take().is_some() {
+                self.indexer_failed = true;
+                errs.push(
+                    "the index-writing thread stopped: this thread writes the index from now on (calls it had \
+                     started may stay marked as recording)"
+                        .to_string(),
+                );
+            }
+            indexer::apply(&mut self.store.index, &mut self.rows, batch, &mut errs);
         }
-        self.max_index_ns = self.max_index_ns.max(t.elapsed().as_nanos() as u64);
+        // Not the end of input's commit, which waits for everything anyway.
+        if !wait {
+            self.max_index_ns = self.max_index_ns.max(t.elapsed().as_nanos() as u64);
+        }
+        if let Some(ix) = &self.indexer {
+            if wait {
+                ix.wait();
+            }
+            errs.extend(ix.take_errors());
+        }
         for e in errs {
             self.note_err(e);
+        }
+    }
+
+    /// Starts the index-writing thread, if not running (or failed to start). Its connection
+    /// leaves checkpoints to the sync thread where that runs (see [`StoreSink::start_syncer`]).
+    fn start_indexer(&mut self) {
+        if self.indexer.is_none() && !self.indexer_failed {
+            let path = PathBuf::from(self.store.index.path());
+            match indexer::Indexer::start(&path, self.syncer.is_none()) {
+                Ok(ix) => self.indexer = Some(ix),
+                Err(e) => {
+                    self.indexer_failed = true;
+                    self.note_err(e);
+                }
+            }
         }
     }
 
