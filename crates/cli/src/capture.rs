@@ -1118,7 +1118,7 @@ pub fn status(dir: &Path, json_out: bool) -> Result<ExitCode> {
         for w in st["workers"].as_array().into_iter().flatten() {
             println!(
                 "  worker {:<3} active {:>5}  recorded {:>7}  packets {:>10}  lag {} ms  longest batch {} ms, tick {} ms, \
-                 recording created {} ms, index write {} ms  waited for the disk {} times ({} ms, longest {} ms)",
+                 recording created {} ms, index write {} ms  waited for write buffers {} times ({} ms, longest {} ms)",
                 w["worker"],
                 w["active_calls"],
                 w["recorded"],

@@ -19,9 +19,8 @@
 //! inline worker's eight longest stalls waiting for those buffers (64 MiB in flight), and in
 //! alternating runs the socket dropped frames in two of two with the writing thread at +5 (0.030
 //! and 0.018 % lost), in none of two at the process's value and none of two at -5. At the
-//! process's value it still fell behind in a later run (0.18 % lost, 1.46 s of waits), waiting
-//! for a core three times as long as it ran, hence [`WRITER_NICE`] (docs/BENCHMARKS.md, "The
-//! writing thread's priority").
+//! process's value it still fell behind in a later run (0.18 % lost, 1.46 s of waits), hence
+//! [`WRITER_NICE`] (docs/BENCHMARKS.md, "The writing thread's priority").
 //!
 //! Measured (docs/BENCHMARKS.md, tenth session), 8,000-call live runs at the 2-core rig's edge:
 //! lost 0.27 % in the median of 9 runs with these priorities (3 lossless) against 2.37 % in the
@@ -57,11 +56,13 @@ pub const READER_NICE: i32 = -5;
 /// reader at [`READER_NICE`] (where real-time is refused), which holds the shorter buffer.
 ///
 /// Why: a worker that finds all the writing thread's buffers in use (64 MiB, about a second of
-/// output) stops until one comes back, and the inline worker is the reader. At the process's
-/// value the writing thread spent three times as long waiting for a core as running in the live
-/// bench at 14,000 calls going on (2 cores; `schedstat`: 65.7 s runnable against 22.8 s on a
-/// core), and the worker waited for its buffers 1.46 s in one run that lost 0.18 %
-/// (docs/BENCHMARKS.md, "The writing thread's priority").
+/// output) stops until one comes back, and the inline worker is the reader. In the live bench at
+/// 14,000 calls going on (2 cores), with the writing thread at the process's value, the worker
+/// waited for its buffers 1.46 s in one run that lost 0.18 % and 0.44 s (12,677 times) in one
+/// that lost nothing; at -4, 46 ms (350 times) in the same kind of run. The writing thread still
+/// waits for a core 2.5-2.7 times as long as it runs at either value (`schedstat`), but the long
+/// stretches that empty its buffers are what the nice value cuts (docs/BENCHMARKS.md, "The
+/// writing thread's priority").
 pub const WRITER_NICE: i32 = READER_NICE + 1;
 
 /// Moves the calling thread's nice value by `delta` (within -20..=19); returns the new value.
