@@ -7,7 +7,7 @@
 use recorder::Side;
 use recorder::engine::{CallRef, Sink};
 use recorder::model::{CallSummary, EndReason, Party};
-use recorder::store::file::{Record, read_recording};
+use recorder::store::file::{FLUSH_INTERVAL_NS, Record, read_recording};
 use recorder::store::{Store, StoreSink, Verdict};
 
 fn summary(call_id: &str, end_ns: i64) -> CallSummary {
@@ -123,9 +123,9 @@ fn start_call_0(sink: &mut StoreSink<'_>, root: &std::path::Path) -> (Store, Vec
 }
 
 /// Chunk writes end on block boundaries (the rest waits for the next write), yet everything
-/// recorded reaches the file within a second of capture time, as before.
+/// recorded reaches the file within a flush interval of capture time, as before.
 #[test]
-fn chunk_writes_end_on_blocks_and_nothing_waits_longer_than_a_second() {
+fn chunk_writes_end_on_blocks_and_nothing_waits_longer_than_the_flush_interval() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
     let mut store = Store::init(&root, b"pass").unwrap();
@@ -145,14 +145,15 @@ fn chunk_writes_end_on_blocks_and_nothing_waits_longer_than_a_second() {
     for l in &lengths {
         assert!(*l == 256 || l % 4096 == 0, "a write ended mid-block: file length {l} (all: {lengths:?})");
     }
-    // Nothing more for a second: the last partial chunk and the held tail are written.
-    sink.tick(1_300_000_000);
+    // Nothing more for a flush interval: the last partial chunk and the held tail are written.
+    let later = FLUSH_INTERVAL_NS + 500_000_000;
+    sink.tick(later);
     sink.wait_writes();
     let contents = read_recording(&path, &key).unwrap();
     assert!(!contents.complete);
     let rtp = contents.records.iter().filter(|r| matches!(r, Record::Rtp { .. })).count();
-    assert_eq!(rtp, n, "packets on disk a second after the last one");
-    sink.call_ended(call(0), summary("call-0", 1_300_000_000));
+    assert_eq!(rtp, n, "packets on disk a flush interval after the last one");
+    sink.call_ended(call(0), summary("call-0", later));
     sink.flush();
     assert!(sink.errors.is_empty(), "store errors: {:?}", sink.errors);
     drop(sink);
@@ -212,13 +213,14 @@ fn a_tick_writes_at_most_its_budget_and_the_next_ticks_write_the_rest() {
         sink.wait_writes();
         paths.iter().zip(&headers).filter(|(p, h)| header(p) > **h).count()
     };
-    assert_eq!(grown(&sink), 0, "written before their second was up");
-    // A second later every start record is due: the first tick writes its budget's worth.
-    sink.tick(1_500_000_000);
+    assert_eq!(grown(&sink), 0, "written before their flush interval was up");
+    // A flush interval later every start record is due: the first tick writes its budget's worth.
+    let due = FLUSH_INTERVAL_NS + 500_000_000;
+    sink.tick(due);
     assert_eq!(grown(&sink), TICK_WRITES);
-    sink.tick(1_501_000_000);
+    sink.tick(due + 1_000_000);
     assert_eq!(grown(&sink), 2 * TICK_WRITES);
-    sink.tick(1_502_000_000);
+    sink.tick(due + 2_000_000);
     assert_eq!(grown(&sink), calls, "the third tick wrote the rest");
     assert!(sink.errors.is_empty(), "{:?}", sink.errors);
 }

@@ -15,8 +15,9 @@
 //!
 //! The nonce carries the chunk's position and whether it is the last one, so reordered, dropped or
 //! truncated chunks fail authentication and a recording without its final chunk is known to be
-//! incomplete. Chunks are flushed at least once per second of capture time, so a crash loses at most
-//! the last second. Only the header names the key, so key rotation rewrites 256 bytes per file.
+//! incomplete. Chunks are flushed at least every [`FLUSH_INTERVAL_NS`] (two seconds) of capture
+//! time, so a crash of the process loses at most a call's last two seconds. Only the header names
+//! the key, so key rotation rewrites 256 bytes per file.
 //!
 //! Records inside chunks (all little-endian):
 //! `1` RTP: stream u8, side u8, ts_ns i64, len u16, raw RTP packet
@@ -67,8 +68,21 @@ const CHUNK_SLACK: usize = 512;
 const FRAME: usize = 4;
 /// The AEAD tag after each chunk's ciphertext (both ciphers).
 const AEAD_TAG: usize = 16;
-/// Flush at least this often in capture time.
-const FLUSH_NS: i64 = 1_000_000_000;
+/// Flush a recording's pending records at least this often in capture time, so that a crash loses
+/// at most this much of a call in progress.
+///
+/// Why two seconds and not one: a call at G.711's 100 packets a second fills a chunk
+/// (`CHUNK_TARGET`) in half a second and never waits for this; it is the calls whose packets
+/// come slower (silence suppression, loss upstream, a lagging source) that flush by time, once a
+/// flush interval each, so with many of them the writes, seals and the filesystem's block
+/// allocations grow with the number of calls instead of the bytes. In alternating live-bench runs
+/// at 20,000 calls going on (the generator flat out, 13-19 packets a second per call), one second
+/// with the sync thread's period at one second lost 0.59 and 1.27 % (the worker waited for the
+/// writing thread's buffers 182,018 and 188,455 times), a two-second sync period alone 0.34 and
+/// 0.79 %; both at two seconds lost nothing in the socket in either run (2,242 and 0 waits), the
+/// writing thread needing 0.63-0.76 of its CPU and the kernel's writeback workers 0.52-0.60
+/// (docs/BENCHMARKS.md, "Flushing and syncing every two seconds").
+pub const FLUSH_INTERVAL_NS: i64 = 2_000_000_000;
 /// Chunk writes end on a multiple of this (the page and ext4 block size); see
 /// [`RecordingWriter::write_sealed`].
 const BLOCK: u64 = 4096;
@@ -230,8 +244,8 @@ impl Opener {
 /// Writes one recording. Plaintext exists only in `pending`, in memory.
 ///
 /// The file stays open between chunks only when the sink's open-file budget allows (`keep_open`);
-/// otherwise it is reopened for each chunk (about once a second), so the number of calls recorded
-/// at once is not limited by the process's open-file limit.
+/// otherwise it is reopened for each chunk (at least once a flush interval), so the number of calls
+/// recorded at once is not limited by the process's open-file limit.
 #[repr(C)]
 pub struct RecordingWriter {
     // `repr(C)`, these first: every record reads them (see `StoreSink::prefetch_call`).
@@ -366,11 +380,11 @@ impl RecordingWriter {
         self.tail_len + self.pending_len() >= CHUNK_TARGET
     }
 
-    /// After a record: flushes when the chunk is a second old or past its size plus slack. Returns
+    /// After a record: flushes when the chunk is a flush interval old or past its size plus slack. Returns
     /// whether the chunk is full enough to go out with the next batch ([`flush_batch`]).
     fn note(&mut self, ts_ns: i64) -> Result<bool, FileError> {
         let since = *self.pending_since.get_or_insert(ts_ns);
-        if ts_ns - since >= FLUSH_NS {
+        if ts_ns - since >= FLUSH_INTERVAL_NS {
             self.flush_due()?;
         } else if self.tail_len + self.pending_len() >= CHUNK_TARGET + CHUNK_SLACK {
             self.flush_chunk(false)?;
@@ -391,7 +405,7 @@ impl RecordingWriter {
     /// the writing thread: work that grew with the loss that caused it.
     fn tick_tail(&mut self, now_ns: i64) -> Result<(), FileError> {
         let Some(since) = self.tail_since else { return Ok(()) };
-        if now_ns - since < FLUSH_NS {
+        if now_ns - since < FLUSH_INTERVAL_NS {
             return Ok(());
         }
         if self.pending_len() > 0 {
@@ -427,7 +441,7 @@ impl RecordingWriter {
     /// Returns true when the chunk is full: the caller should flush it soon, together with other
     /// recordings' full chunks, through [`flush_batch`] (their MD5 watermarks then advance side by
     /// side in SIMD lanes). A chunk left waiting flushes alone once it outgrows its slack, or after
-    /// a second.
+    /// a flush interval ([`FLUSH_INTERVAL_NS`]).
     pub fn rtp(&mut self, stream: u8, side: Side, ts_ns: i64, rtp: &[u8]) -> Result<bool, FileError> {
         let rtp = &rtp[..rtp.len().min(u16::MAX as usize)];
         if self.pending.capacity() < CHUNK_CAPACITY {
@@ -482,7 +496,7 @@ impl RecordingWriter {
     pub fn tick(&mut self, now_ns: i64) -> Result<bool, FileError> {
         let before = self.bytes;
         if let Some(since) = self.pending_since
-            && now_ns - since >= FLUSH_NS
+            && now_ns - since >= FLUSH_INTERVAL_NS
         {
             self.flush_due()?;
         }

@@ -326,7 +326,8 @@ enum IndexOp {
 /// capture time, or every [`INDEX_BATCH`] writes), so several sinks sharing one index (capture workers) hold
 /// SQLite's write lock only for the statements themselves.
 ///
-/// Durability: a [`Syncer`] thread syncs the store's filesystem once a second, and a finished
+/// Durability: a [`Syncer`] thread syncs the store's filesystem every [`syncer::PERIOD`] (two
+/// seconds), and a finished
 /// recording is marked complete only by a commit after a sync that started after its last write,
 /// so the index never says "complete" about a file that a power cut could still lose, and the
 /// recording thread never waits for the disk (except at the end of input, [`StoreSink::flush`]).
@@ -599,7 +600,7 @@ impl StoreSink<'_> {
     /// Starts the sync thread, if not running (or failed to start).
     ///
     /// It starts with the first recording, not when the first one finishes: from then on dirty
-    /// recordings go to disk continuously, a second or two behind, instead of all at once when the
+    /// recordings go to disk continuously, a few seconds behind, instead of all at once when the
     /// first call ends (import of 1,000 generated 30-second calls: the first sync came at the end
     /// of the file and took 0.41 s of its 1.75 s).
     fn start_syncer(&mut self) {

@@ -5,7 +5,7 @@
 //! in the recording thread (one `syncfs` before each index commit) stalled that thread for as long
 //! as the disk took to write a second of audio, during which its queue filled; and the kernel, left
 //! alone, writes dirty pages only after 30 s, so each sync found a whole batch to write. Here a
-//! thread syncs once every [`PERIOD`]: dirty data goes out a second at a time, and a recording
+//! thread syncs once every [`PERIOD`]: dirty data goes out a period at a time, and a recording
 //! finished at sync epoch `e` is durable once a sync that *started* after it, epoch `e + 1`, has
 //! completed. The sink asks [`Syncer::need`] when a recording finishes and checks
 //! [`Syncer::durable`] at each commit; only [`Syncer::wait`] (end of input) blocks, and it has the
@@ -34,7 +34,15 @@ use std::time::Duration;
 /// The shortest time from the start of one sync to the start of the next, unless a caller of
 /// [`Syncer::wait`] is waiting. A recording finished while recording goes on is durable (and
 /// indexed as complete) within two periods and a sync.
-pub const PERIOD: Duration = Duration::from_secs(1);
+///
+/// Two seconds since the nineteenth session (one from the fifteenth): each sync has the
+/// filesystem allocate blocks for every recording written since the last one, so the kernel's
+/// writeback work grows with recordings times syncs; together with the two-second flush interval
+/// ([`super::file::FLUSH_INTERVAL_NS`]) it cut that work to 0.52-0.60 of what it was at 20,000 calls going on
+/// (docs/BENCHMARKS.md, "Flushing and syncing every two seconds"). The price: a finished call is
+/// indexed complete up to about five seconds after its end instead of three, and a power cut
+/// loses up to a flush interval and a period of what calls in progress sent.
+pub const PERIOD: Duration = Duration::from_secs(2);
 /// How often the index's WAL is checkpointed (when a checkpoint is asked for).
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 
