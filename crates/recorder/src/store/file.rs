@@ -80,8 +80,8 @@ const AEAD_TAG: usize = 16;
 /// with the sync thread's period at one second lost 0.59 and 1.27 % (the worker waited for the
 /// writing thread's buffers 182,018 and 188,455 times), a two-second sync period alone 0.34 and
 /// 0.79 %; both at two seconds lost nothing in the socket in either run (2,242 and 0 waits), the
-/// writing thread needing 0.63-0.76 of its CPU and the kernel's writeback workers 0.52-0.60
-/// (docs/BENCHMARKS.md, "Flushing and syncing every two seconds").
+/// writing thread needed 0.63-0.76 of the CPU it had needed and the kernel's writeback workers
+/// 0.53-0.60 (docs/BENCHMARKS.md, "Flushing and syncing every two seconds").
 pub const FLUSH_INTERVAL_NS: i64 = 2_000_000_000;
 /// Chunk writes end on a multiple of this (the page and ext4 block size); see
 /// [`RecordingWriter::write_sealed`].
@@ -380,8 +380,8 @@ impl RecordingWriter {
         self.tail_len + self.pending_len() >= CHUNK_TARGET
     }
 
-    /// After a record: flushes when the chunk is a flush interval old or past its size plus slack. Returns
-    /// whether the chunk is full enough to go out with the next batch ([`flush_batch`]).
+    /// After a record: flushes when the chunk is a flush interval old or past its size plus slack.
+    /// Returns whether the chunk is full enough to go out with the next batch ([`flush_batch`]).
     fn note(&mut self, ts_ns: i64) -> Result<bool, FileError> {
         let since = *self.pending_since.get_or_insert(ts_ns);
         if ts_ns - since >= FLUSH_INTERVAL_NS {

@@ -327,10 +327,10 @@ enum IndexOp {
 /// SQLite's write lock only for the statements themselves.
 ///
 /// Durability: a [`Syncer`] thread syncs the store's filesystem every [`syncer::PERIOD`] (two
-/// seconds), and a finished
-/// recording is marked complete only by a commit after a sync that started after its last write,
-/// so the index never says "complete" about a file that a power cut could still lose, and the
-/// recording thread never waits for the disk (except at the end of input, [`StoreSink::flush`]).
+/// seconds), and a finished recording is marked complete only by a commit after a sync that
+/// started after its last write, so the index never says "complete" about a file that a power cut
+/// could still lose, and the recording thread never waits for the disk (except at the end of
+/// input, [`StoreSink::flush`]).
 pub struct StoreSink<'a> {
     store: &'a mut Store,
     /// Wraps each recording's data key for the store key (an ephemeral exchange per second).

@@ -38,10 +38,10 @@ use std::time::Duration;
 /// Two seconds since the nineteenth session (one from the fifteenth): each sync has the
 /// filesystem allocate blocks for every recording written since the last one, so the kernel's
 /// writeback work grows with recordings times syncs; together with the two-second flush interval
-/// ([`super::file::FLUSH_INTERVAL_NS`]) it cut that work to 0.52-0.60 of what it was at 20,000 calls going on
-/// (docs/BENCHMARKS.md, "Flushing and syncing every two seconds"). The price: a finished call is
-/// indexed complete up to about five seconds after its end instead of three, and a power cut
-/// loses up to a flush interval and a period of what calls in progress sent.
+/// ([`super::file::FLUSH_INTERVAL_NS`]) it cut that work to 0.53-0.60 of what it was at 20,000
+/// calls going on (docs/BENCHMARKS.md, "Flushing and syncing every two seconds"). The price: a
+/// finished call is indexed complete up to about five seconds after its end instead of three,
+/// and a power cut loses up to a flush interval and a period of what calls in progress sent.
 pub const PERIOD: Duration = Duration::from_secs(2);
 /// How often the index's WAL is checkpointed (when a checkpoint is asked for).
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
