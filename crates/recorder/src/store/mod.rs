@@ -831,15 +831,32 @@ pub fn default_open_file_budget() -> usize {
     (lim.rlim_cur as usize).saturating_sub(256)
 }
 
-/// Raises this process's open-file limit to its hard limit and returns the new soft limit. A
-/// recorder keeps one file open per call in progress, so the default soft limit (1024 on most
-/// systems) would refuse the 1021st concurrent call. Call once at startup.
+/// Open files a recorder asks for when it may raise its hard limit: 262,144, above the largest
+/// number of calls a capture tracks by default (100,000) with room for each call's file to stay
+/// open. The kernel's `fs.nr_open` (1,048,576 by default) caps it.
+pub const WANT_OPEN_FILES: u64 = 1 << 18;
+
+/// Raises this process's open-file limit and returns the new soft limit. A recorder keeps one file
+/// open per call in progress, so the default soft limit (1024 on most systems) would refuse the
+/// 1021st concurrent call, and a call beyond the limit less a reserve is reopened for each chunk
+/// (see [`default_open_file_budget`]). With `CAP_SYS_RESOURCE` (root) both limits go up to
+/// [`WANT_OPEN_FILES`] where the hard limit is lower (it was 20,000 on the bench's VM: past
+/// 19,744 calls going on, every further call cost an open and a close per chunk); otherwise the
+/// soft limit goes up to the hard one. Call once at startup.
 pub fn raise_fd_limit() -> u64 {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return 0;
+        }
+        let want = WANT_OPEN_FILES.min(nr_open()) as libc::rlim_t;
+        if lim.rlim_max < want {
+            let more = libc::rlimit { rlim_cur: want, rlim_max: want };
+            // Refused without CAP_SYS_RESOURCE: then the hard limit stays as it is.
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &more) == 0 {
+                return want;
+            }
         }
         if lim.rlim_cur < lim.rlim_max {
             let want = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
@@ -849,4 +866,9 @@ pub fn raise_fd_limit() -> u64 {
         }
     }
     lim.rlim_cur
+}
+
+/// The kernel's ceiling on a process's open-file limit (`fs.nr_open`); its default where unreadable.
+fn nr_open() -> u64 {
+    std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1 << 20)
 }
