@@ -831,9 +831,9 @@ pub fn default_open_file_budget() -> usize {
     (lim.rlim_cur as usize).saturating_sub(256)
 }
 
-/// Open files a recorder asks for when it may raise its hard limit: 262,144, above the largest
-/// number of calls a capture tracks by default (100,000) with room for each call's file to stay
-/// open. The kernel's `fs.nr_open` (1,048,576 by default) caps it.
+/// Open files a recorder asks for when it may raise its hard limit: 262,144, above the most calls
+/// a worker's engine tracks by default (`engine::Config::max_calls`, 200,000), so that each call's
+/// file can stay open. The kernel's `fs.nr_open` (1,048,576 by default) caps it.
 pub const WANT_OPEN_FILES: u64 = 1 << 18;
 
 /// Raises this process's open-file limit and returns the new soft limit. A recorder keeps one file
