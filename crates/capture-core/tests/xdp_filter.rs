@@ -22,8 +22,18 @@ fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
 }
 
+/// A UDP frame whose payload is not RTP-shaped (version 0), so that the filter's probe for a
+/// call's first media packets (see `probe_passes_rtp_of_no_call_at_a_bounded_rate`) leaves it
+/// alone: only a known endpoint keeps it.
 fn frame(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Vec<u8> {
-    udp_frame(&Flow { src, dst, sport, dport }, &[0x80; 172])
+    udp_frame(&Flow { src, dst, sport, dport }, &[0x00; 172])
+}
+
+/// An RTP packet's first bytes (version 2, payload type `pt`) and a G.711 payload.
+fn rtp_frame(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, pt: u8) -> Vec<u8> {
+    let mut p = vec![0xd5u8; 172];
+    p[..12].copy_from_slice(&[0x80, pt, 0, 1, 0, 0, 0, 160, 0x12, 0x34, 0x56, 0x78]);
+    udp_frame(&Flow { src, dst, sport, dport }, &p)
 }
 
 /// Runs `f` once and says whether the filter kept it as media (its `passed_media` counter moved).
@@ -194,4 +204,51 @@ fn media_seen_in_media4_keeps_the_endpoint() {
     m.retry_lingering();
     assert!(!kept_as_media(&x, &to_a), "idle since: removed");
     assert_eq!(m.len(), 0);
+}
+
+/// RTP-shaped UDP of no known endpoint (a call's first media packets, arriving before userspace
+/// has read the SIP that announces them) passes as a probe, at most `PROBE_BURST` frames at once
+/// and `PROBE_RATE` a second per CPU; the rest is dropped and counted. UDP that is not RTP-shaped,
+/// or on a port below 1024, is dropped as before.
+#[test]
+fn probe_passes_rtp_of_no_call_at_a_bounded_rate() {
+    if !root_or_skip() {
+        return;
+    }
+    let x = XdpFilter::load_detached().expect("load the XDP program");
+    let count = |c: Counter| x.counters()[c as usize];
+    // One of each kind, on a fresh program (every CPU's bucket is full on first use).
+    let rtp = rtp_frame(ip(9), 7000, ip(1), 4000, 8);
+    let rtcp = rtp_frame(ip(9), 7001, ip(1), 4001, 200);
+    let dns = rtp_frame(ip(9), 53, ip(1), 4000, 8);
+    let not_rtp = frame(ip(9), 7000, ip(1), 4000);
+    let reserved_pt = rtp_frame(ip(9), 7000, ip(1), 4000, 50);
+    for (f, probe) in [(&rtp, true), (&rtcp, true), (&dns, false), (&not_rtp, false), (&reserved_pt, false)] {
+        let (p0, d0) = (count(Counter::PassProbe), count(Counter::DropOther));
+        x.test_run(f, 1).expect("test run");
+        let (p1, d1) = (count(Counter::PassProbe), count(Counter::DropOther));
+        assert_eq!((p1 - p0, d1 - d0), if probe { (1, 0) } else { (0, 1) }, "probe {probe}: passed, dropped");
+    }
+    assert_eq!(count(Counter::PassMedia), 0);
+
+    // A burst on one CPU (one test run stays on its CPU): PROBE_BURST pass, give or take what the
+    // bucket earned while the run lasted and the one frame above; the rest is over the rate.
+    let runs = 3 * capture_ebpf::PROBE_BURST;
+    let (p0, o0, d0) = (count(Counter::PassProbe), count(Counter::ProbeOverRate), count(Counter::DropOther));
+    let t = std::time::Instant::now();
+    x.test_run(&rtp, runs as u32).expect("test run");
+    let earned = t.elapsed().as_nanos() as u64 * capture_ebpf::PROBE_RATE / 1_000_000_000 + 1;
+    let passed = count(Counter::PassProbe) - p0;
+    let over = count(Counter::ProbeOverRate) - o0;
+    assert_eq!(passed + over, runs);
+    assert_eq!(count(Counter::DropOther) - d0, over, "over the rate is counted as dropped too");
+    assert!(
+        passed + 2 >= capture_ebpf::PROBE_BURST && passed <= capture_ebpf::PROBE_BURST + earned,
+        "{passed} passed of {runs} (burst {}, earned meanwhile {earned})",
+        capture_ebpf::PROBE_BURST
+    );
+
+    // A known endpoint's media is media, not a probe, whatever the bucket holds.
+    x.media().add(ip(1), 4000).unwrap();
+    assert!(kept_as_media(&x, &rtp));
 }

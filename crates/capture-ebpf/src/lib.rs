@@ -13,6 +13,10 @@ pub const MAP_MEDIA: &str = "media";
 pub const MAP_PORTS: &str = "ports";
 pub const MAP_COUNTERS: &str = "counters";
 pub const MAP_MEDIA4: &str = "media4";
+/// RTP-shaped frames of no known endpoint the filter passes per second and CPU (`PROBE_RATE` in
+/// the C program: keep in sync), and at most at once (`PROBE_BURST`).
+pub const PROBE_RATE: u64 = 20_000;
+pub const PROBE_BURST: u64 = 2_000;
 
 /// Entries of the `ports` map.
 pub const PORTS_SIP: u32 = 0;
@@ -141,10 +145,14 @@ pub enum Counter {
     DropNotIp,
     Malformed,
     RedirectFailed,
+    /// RTP-shaped frames of no known endpoint passed within the probe's rate (see the C program).
+    PassProbe,
+    /// RTP-shaped frames of no known endpoint dropped beyond it (also counted in `DropOther`).
+    ProbeOverRate,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 10] = [
         Counter::PassSip,
         Counter::PassMedia,
         Counter::PassRange,
@@ -153,6 +161,8 @@ impl Counter {
         Counter::DropNotIp,
         Counter::Malformed,
         Counter::RedirectFailed,
+        Counter::PassProbe,
+        Counter::ProbeOverRate,
     ];
 
     /// The name used in `callrec status` and logs.
@@ -166,6 +176,8 @@ impl Counter {
             Counter::DropNotIp => "dropped_not_ip",
             Counter::Malformed => "malformed",
             Counter::RedirectFailed => "redirect_failed",
+            Counter::PassProbe => "passed_probe",
+            Counter::ProbeOverRate => "probe_over_rate",
         }
     }
 }

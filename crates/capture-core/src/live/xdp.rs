@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use super::LiveError;
 
 /// The verdict counters, summed over CPUs, in [`Counter::ALL`] order.
-pub type Counters = [u64; 8];
+pub type Counters = [u64; Counter::ALL.len()];
 
 pub struct XdpFilter {
     iface: String,
@@ -178,7 +178,7 @@ impl XdpFilter {
     }
 
     pub fn counters(&self) -> Counters {
-        let mut out = [0u64; 8];
+        let mut out = [0u64; Counter::ALL.len()];
         for c in Counter::ALL {
             if let Ok(v) = self.counters.get(&(c as u32), 0) {
                 out[c as usize] = v.iter().sum();
