@@ -8,7 +8,7 @@ use recorder::Side;
 use recorder::engine::{CallRef, Sink};
 use recorder::model::{CallSummary, EndReason, Party};
 use recorder::store::file::{FLUSH_INTERVAL_NS, Record, read_recording};
-use recorder::store::{Store, StoreSink, Verdict};
+use recorder::store::{READY_WAIT_NS, Store, StoreSink, Verdict};
 
 fn summary(call_id: &str, end_ns: i64) -> CallSummary {
     CallSummary {
@@ -44,6 +44,32 @@ fn packets(c: usize) -> usize {
 
 fn call(c: usize) -> CallRef {
     CallRef { slot: c as u32, uid: c as u64 + 1 }
+}
+
+/// Reads back the recording of index row `id`, which must be complete: the call's number (from
+/// its Call-ID `call-N`), the Call-ID and its RTP packets in order.
+fn read_call(store: &Store, key: &recorder::store::keys::PrivateStoreKey, id: i64) -> (usize, String, Vec<Vec<u8>>) {
+    let (rel, _, _) = store.index.file_of(id).unwrap().unwrap();
+    let contents = read_recording(&store.abs(&rel), key).unwrap();
+    assert!(contents.complete, "call {id}: the recording has no final chunk");
+    let call_id = contents
+        .records
+        .iter()
+        .find_map(|r| match r {
+            Record::Start { call_id, .. } => Some(call_id.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let c: usize = call_id.strip_prefix("call-").unwrap().parse().unwrap();
+    let rtp = contents
+        .records
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Rtp { rtp, .. } => Some(rtp),
+            _ => None,
+        })
+        .collect();
+    (c, call_id, rtp)
 }
 
 #[test]
@@ -84,26 +110,7 @@ fn batched_chunk_flushes_keep_every_recording_whole_and_its_watermark_right() {
             Verdict::Ok { authenticated: true, chunks } => assert!(chunks > 1),
             v => panic!("call {id}: {v:?}"),
         }
-        let (rel, _, _) = store.index.file_of(id).unwrap().unwrap();
-        let contents = read_recording(&store.abs(&rel), &key).unwrap();
-        assert!(contents.complete);
-        let call_id = contents
-            .records
-            .iter()
-            .find_map(|r| match r {
-                Record::Start { call_id, .. } => Some(call_id.clone()),
-                _ => None,
-            })
-            .unwrap();
-        let c: usize = call_id.strip_prefix("call-").unwrap().parse().unwrap();
-        let rtp: Vec<Vec<u8>> = contents
-            .records
-            .into_iter()
-            .filter_map(|r| match r {
-                Record::Rtp { rtp, .. } => Some(rtp),
-                _ => None,
-            })
-            .collect();
+        let (c, call_id, rtp) = read_call(&store, &key, id);
         let want: Vec<Vec<u8>> = (0..packets(c)).map(|n| packet(c, n)).collect();
         assert_eq!(rtp.len(), want.len(), "{call_id}: packet count");
         assert!(rtp == want, "{call_id}: packets differ");
@@ -120,6 +127,23 @@ fn start_call_0(sink: &mut StoreSink<'_>, root: &std::path::Path) -> (Store, Vec
     let (rel, _, _) = other.index.file_of(ids[0]).unwrap().unwrap();
     let path = other.abs(&rel);
     (other, ids, path)
+}
+
+/// Starts calls `0..n` at time 0 and commits their index rows (so the files can be found; the
+/// start records stay pending); returns their recordings' paths.
+fn start_calls(sink: &mut StoreSink<'_>, root: &std::path::Path, n: usize) -> Vec<std::path::PathBuf> {
+    for c in 0..n {
+        sink.call_started(call(c), &format!("call-{c}"), 0);
+    }
+    sink.flush();
+    let other = Store::open(root).unwrap();
+    other
+        .index
+        .all_ids()
+        .unwrap()
+        .into_iter()
+        .map(|id| other.abs(&other.index.file_of(id).unwrap().unwrap().0))
+        .collect()
 }
 
 /// Chunk writes end on block boundaries (the rest waits for the next write), yet everything
@@ -192,19 +216,7 @@ fn a_tick_writes_at_most_its_budget_and_the_next_ticks_write_the_rest() {
     let mut store = Store::init(&root, b"pass").unwrap();
     let calls = 2 * TICK_WRITES + TICK_WRITES / 3;
     let mut sink = store.recorder().unwrap();
-    for c in 0..calls {
-        sink.call_started(call(c), &format!("call-{c}"), 0);
-    }
-    // Commits the index rows (so the files can be found); the start records stay pending.
-    sink.flush();
-    let other = Store::open(&root).unwrap();
-    let paths: Vec<_> = other
-        .index
-        .all_ids()
-        .unwrap()
-        .into_iter()
-        .map(|id| other.abs(&other.index.file_of(id).unwrap().unwrap().0))
-        .collect();
+    let paths = start_calls(&mut sink, &root, calls);
     assert_eq!(paths.len(), calls);
     sink.wait_writes();
     let header = |p: &std::path::PathBuf| std::fs::metadata(p).unwrap().len();
@@ -223,4 +235,65 @@ fn a_tick_writes_at_most_its_budget_and_the_next_ticks_write_the_rest() {
     sink.tick(due + 2_000_000);
     assert_eq!(grown(&sink), calls, "the third tick wrote the rest");
     assert!(sink.errors.is_empty(), "{:?}", sink.errors);
+}
+
+/// Calls whose packets come slower than a chunk fills (here 12.5 a second, a chunk every 3.5 s)
+/// flush by time. Their chunks go out in batches, their MD5 watermarks side by side, and each file
+/// still grows once per flush interval while its packets come (plus the packet spacing and the
+/// batch's wait); the recordings read back whole and verify.
+#[test]
+fn slow_calls_flush_by_time_in_batches_within_the_flush_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let mut store = Store::init(&root, b"pass").unwrap();
+    let (batched, chunks_flushed);
+    let n = 250; // 20 s of packets at 80 ms
+    let mut sent: Vec<Vec<usize>> = vec![Vec::new(); CALLS];
+    {
+        let mut sink = store.recorder().unwrap();
+        let paths = start_calls(&mut sink, &root, CALLS);
+        let size = |p: &std::path::PathBuf| std::fs::metadata(p).unwrap().len();
+        let mut grew: Vec<(u64, i64)> = paths.iter().map(|p| (size(p), 0)).collect();
+        let mut longest = 0;
+        // Every call sends a packet each 80 ms, the calls spread over the interval; a tick each 10 ms.
+        for step in 0..n * 8 {
+            let t = step as i64 * 10_000_000;
+            for c in (0..CALLS).filter(|c| (step + c) % 8 == 0) {
+                let k = (step + c) / 8;
+                let side = if k % 2 == 0 { Side::Caller } else { Side::Callee };
+                sink.media(call(c), (k % 2) as u8, side, t, &packet(c, k));
+                sent[c].push(k);
+            }
+            sink.tick(t);
+            sink.wait_writes();
+            for (p, (len, at)) in paths.iter().zip(grew.iter_mut()) {
+                let now = size(p);
+                if now != *len {
+                    longest = longest.max(t - *at);
+                    *len = now;
+                    *at = t;
+                }
+            }
+        }
+        // The interval, then the next packet (80 ms apart), the batch's wait and a tick.
+        let bound = FLUSH_INTERVAL_NS + 80_000_000 + READY_WAIT_NS + 10_000_000;
+        assert!(longest <= bound, "a file did not grow for {longest} ns");
+        for c in 0..CALLS {
+            sink.call_ended(call(c), summary(&format!("call-{c}"), n as i64 * 80_000_000));
+        }
+        sink.flush();
+        assert!(sink.errors.is_empty(), "store errors: {:?}", sink.errors);
+        batched = sink.batched_chunks;
+        chunks_flushed = paths.len() as u64 * (n as u64 * 80 / 2000);
+    }
+    // About one chunk per call per flush interval went out by time; nearly all of them batched
+    // (the final chunks, written by `call_ended`, are not).
+    assert!(batched * 10 >= chunks_flushed * 8, "{batched} chunks batched of about {chunks_flushed} flushed by time");
+    let key = store.private_key(b"pass").unwrap();
+    for id in store.index.all_ids().unwrap() {
+        assert!(matches!(store.verify(id, Some(&key)).unwrap(), Verdict::Ok { authenticated: true, .. }));
+        let (c, call_id, rtp) = read_call(&store, &key, id);
+        let want: Vec<Vec<u8>> = sent[c].iter().map(|&k| packet(c, k)).collect();
+        assert!(rtp == want, "{call_id}: {} packets read back, {} sent", rtp.len(), want.len());
+    }
 }

@@ -15,8 +15,9 @@
 //!
 //! The nonce carries the chunk's position and whether it is the last one, so reordered, dropped or
 //! truncated chunks fail authentication and a recording without its final chunk is known to be
-//! incomplete. Chunks are flushed at least every [`FLUSH_INTERVAL_NS`] (two seconds) of capture
-//! time, so a crash of the process loses at most a call's last two seconds. Only the header names
+//! incomplete. Chunks are flushed every [`FLUSH_INTERVAL_NS`] (two seconds) of capture time or
+//! sooner (a chunk due by time may wait up to [`BATCH_GRACE_NS`] for a batch), so a crash of the
+//! process loses about a call's last two seconds. Only the header names
 //! the key, so key rotation rewrites 256 bytes per file.
 //!
 //! Records inside chunks (all little-endian):
@@ -83,6 +84,18 @@ const AEAD_TAG: usize = 16;
 /// writing thread needed 0.63-0.76 of the CPU it had needed and the kernel's writeback workers
 /// 0.53-0.60 (docs/BENCHMARKS.md, "Flushing and syncing every two seconds").
 pub const FLUSH_INTERVAL_NS: i64 = 2_000_000_000;
+/// How long past its flush interval a chunk waits for a batch ([`flush_batch`], where the MD5
+/// watermarks of several recordings advance side by side) before its writer flushes it alone, on
+/// its next record.
+///
+/// Why: a chunk past its flush interval is ready for a batch ([`RecordingWriter::rtp`]'s
+/// return), like a full one. The calls whose chunks flush by time are the slow ones (see
+/// [`FLUSH_INTERVAL_NS`]), and on the live bench at 24,000 calls going on (13 packets a second per
+/// call) that was nearly every chunk: flushed alone, one-stream MD5 (`md5x::compress`) was 23 % of
+/// the inline reader's samples (perf, docs/BENCHMARKS.md). A sink that batches
+/// ([`super::StoreSink`]) flushes what is ready within a fraction of this; a writer used alone
+/// flushes on its next record after it, or on its [`RecordingWriter::tick`] at the interval.
+pub const BATCH_GRACE_NS: i64 = 100_000_000;
 /// Chunk writes end on a multiple of this (the page and ext4 block size); see
 /// [`RecordingWriter::write_sealed`].
 const BLOCK: u64 = 4096;
@@ -275,6 +288,9 @@ pub struct RecordingWriter {
     md5: Md5State,
     /// `pending` is a sealed chunk (encrypted, framed), waiting for its MD5 update and write.
     sealed: bool,
+    /// In [`flush_batch`]: this chunk goes out because its flush interval is over, so it is
+    /// written whole, tail included.
+    write_whole: bool,
     /// Bytes written to the file.
     bytes: u64,
 }
@@ -359,6 +375,7 @@ impl RecordingWriter {
             pending_since: None,
             md5,
             sealed: false,
+            write_whole: false,
             bytes: HEADER_LEN as u64,
             tail_len: 0,
             tail_since: None,
@@ -381,16 +398,32 @@ impl RecordingWriter {
     }
 
     /// After a record: flushes when the chunk is a flush interval old or past its size plus slack.
-    /// Returns whether the chunk is full enough to go out with the next batch ([`flush_batch`]).
+    /// Returns whether the chunk is ready to go out with the next batch
+    /// ([`RecordingWriter::batch_ready`]).
     fn note(&mut self, ts_ns: i64) -> Result<bool, FileError> {
         let since = *self.pending_since.get_or_insert(ts_ns);
-        if ts_ns - since >= FLUSH_INTERVAL_NS {
+        if ts_ns - since >= FLUSH_INTERVAL_NS + BATCH_GRACE_NS {
             self.flush_due()?;
         } else if self.tail_len + self.pending_len() >= CHUNK_TARGET + CHUNK_SLACK {
             self.flush_chunk(false)?;
         }
-        self.tick_tail(ts_ns)?;
-        Ok(self.chunk_full())
+        // A chunk waiting for its batch takes the tail with it.
+        if !self.batch_due(ts_ns) {
+            self.tick_tail(ts_ns)?;
+        }
+        Ok(self.batch_ready(ts_ns))
+    }
+
+    /// Whether the pending chunk should go out with the next batch ([`flush_batch`]) at capture
+    /// time `now_ns`: it is full, or its flush interval is over.
+    pub fn batch_ready(&self, now_ns: i64) -> bool {
+        self.chunk_full() || self.batch_due(now_ns)
+    }
+
+    /// Whether the pending chunk's flush interval is over at `now_ns` (it then waits at most
+    /// [`BATCH_GRACE_NS`] for a batch).
+    pub fn batch_due(&self, now_ns: i64) -> bool {
+        self.pending_len() > 0 && self.pending_since.is_some_and(|since| now_ns - since >= FLUSH_INTERVAL_NS)
     }
 
     /// Writes the held tail once its oldest record is a flush interval old: together with the
@@ -438,10 +471,11 @@ impl RecordingWriter {
 
     /// Appends one RTP packet. No allocation unless the chunk buffer must grow past its size.
     ///
-    /// Returns true when the chunk is full: the caller should flush it soon, together with other
-    /// recordings' full chunks, through [`flush_batch`] (their MD5 watermarks then advance side by
-    /// side in SIMD lanes). A chunk left waiting flushes alone once it outgrows its slack, or after
-    /// a flush interval ([`FLUSH_INTERVAL_NS`]).
+    /// Returns true when the chunk is ready for a batch ([`RecordingWriter::batch_ready`]: full,
+    /// or its flush interval over): the caller should flush it soon, together with other
+    /// recordings' chunks, through [`flush_batch`] (their MD5 watermarks then advance side by side
+    /// in SIMD lanes). A chunk left waiting flushes alone once it outgrows its slack, or
+    /// [`BATCH_GRACE_NS`] after its flush interval ([`FLUSH_INTERVAL_NS`]).
     pub fn rtp(&mut self, stream: u8, side: Side, ts_ns: i64, rtp: &[u8]) -> Result<bool, FileError> {
         let rtp = &rtp[..rtp.len().min(u16::MAX as usize)];
         if self.pending.capacity() < CHUNK_CAPACITY {
@@ -638,10 +672,15 @@ impl RecordingWriter {
 
 /// Flushes the pending chunks of several recordings together: each is encrypted, then their MD5
 /// watermarks advance side by side ([`md5x::update_many`]), then each is written. The same bytes
-/// and watermark as flushing each alone. A writer whose chunk fails to seal or write reports its
-/// error through `on_error` and the others go on. Allocates nothing.
-pub fn flush_batch<W: AsMut<RecordingWriter>>(writers: &mut [W], mut on_error: impl FnMut(FileError)) {
+/// and watermark as flushing each alone. A chunk whose flush interval is over at capture time
+/// `now_ns` is written whole, with the tail before it, as a flush by time alone would be (a tail
+/// held back would be as old, and due at once in a write of its own); a full chunk's write ends on
+/// a block boundary (the rest is held as the tail, see `write_sealed`). A writer whose chunk fails to seal or write reports its error through `on_error` and the
+/// others go on. Allocates nothing.
+pub fn flush_batch<W: AsMut<RecordingWriter>>(writers: &mut [W], now_ns: i64, mut on_error: impl FnMut(FileError)) {
     for w in writers.iter_mut().map(AsMut::as_mut) {
+        // Decided before sealing, which frames the chunk.
+        w.write_whole = w.batch_due(now_ns);
         if w.pending_len() > 0
             && let Err(e) = w.seal(false)
         {
@@ -656,7 +695,7 @@ pub fn flush_batch<W: AsMut<RecordingWriter>>(writers: &mut [W], mut on_error: i
             .map(|w| md5x::Job { state: &mut w.md5, data: &w.pending[w.tail_len..] }),
     );
     for w in writers.iter_mut().map(AsMut::as_mut).filter(|w| w.sealed) {
-        if let Err(e) = w.write_sealed(false) {
+        if let Err(e) = w.write_sealed(w.write_whole) {
             on_error(e);
         }
     }

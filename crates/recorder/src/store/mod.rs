@@ -196,6 +196,8 @@ impl Store {
             open_file_budget: default_open_file_budget(),
             open_files: 0,
             ready: Vec::with_capacity(md5x::MAX_JOBS),
+            ready_since: 0,
+            clock: i64::MIN,
             batch: Vec::with_capacity(md5x::MAX_JOBS),
             batch_width: md5x::lanes().width(),
             syncer: None,
@@ -270,7 +272,7 @@ pub struct Rotation {
 #[repr(C)]
 struct OpenRecording {
     uid: u64,
-    /// Its full chunk waits in [`StoreSink::ready`].
+    /// Its ready chunk waits in [`StoreSink::ready`].
     queued: bool,
     slot: u32,
     writer: RecordingWriter,
@@ -283,6 +285,12 @@ impl AsMut<RecordingWriter> for OpenRecording {
         &mut self.writer
     }
 }
+
+/// The longest, in capture time, a ready chunk waits in [`StoreSink::ready`] for others to fill
+/// a batch before [`StoreSink::tick`] flushes what is there: a fifth of
+/// [`file::BATCH_GRACE_NS`], so a chunk queued because its flush interval is over goes out with
+/// a batch, not alone. With thousands of calls a batch fills within milliseconds.
+pub const READY_WAIT_NS: i64 = 20_000_000;
 
 /// Recordings whose chunk or tail one [`StoreSink::tick`] writes at most (~3 ms of sealing,
 /// hashing and queueing at 12 µs each); the scan goes on at the next tick.
@@ -357,9 +365,14 @@ pub struct StoreSink<'a> {
     /// Files kept open between chunks; calls beyond it reopen their file for each chunk.
     open_file_budget: usize,
     open_files: usize,
-    /// Calls (slot, uid) whose chunk is full, waiting to be flushed together (see
-    /// [`file::flush_batch`]): as many as the CPU hashes side by side.
+    /// Calls (slot, uid) whose chunk is ready (full, or its flush interval nearly over), waiting
+    /// to be flushed together (see [`file::flush_batch`]): as many as the CPU hashes side by side,
+    /// or for at most [`READY_WAIT_NS`].
     ready: Vec<(u32, u64)>,
+    /// Capture time at which the first of `ready` was queued.
+    ready_since: i64,
+    /// The newest capture time this sink has seen (packets and ticks).
+    clock: i64,
     /// Where a batch's recordings are held while it flushes (kept to reuse its allocation).
     batch: Vec<OpenRecording>,
     batch_width: usize,
@@ -409,8 +422,21 @@ impl StoreSink<'_> {
         self.open_file_budget = n;
     }
 
-    /// Flushes the full chunks waiting in `ready` as one batch.
+    /// Queues a recording's ready chunk for the next batch, and flushes the batch once it is as
+    /// wide as the CPU hashes.
+    fn queue_ready(&mut self, slot: u32, uid: u64) {
+        if self.ready.is_empty() {
+            self.ready_since = self.clock;
+        }
+        self.ready.push((slot, uid));
+        if self.ready.len() >= self.batch_width {
+            self.flush_ready();
+        }
+    }
+
+    /// Flushes the ready chunks waiting in `ready` as one batch.
     fn flush_ready(&mut self) {
+        let now = self.clock;
         let mut batch = std::mem::take(&mut self.batch);
         for (slot, uid) in self.ready.drain(..) {
             let Some(cell) = self.open.get_mut(slot as usize) else { continue };
@@ -418,7 +444,7 @@ impl StoreSink<'_> {
                 Some(r) if r.uid == uid && r.queued => {
                     r.queued = false;
                     // A chunk that flushed alone meanwhile (it outgrew its slack) is not sent early.
-                    if r.writer.chunk_full() {
+                    if r.writer.batch_ready(now) {
                         batch.extend(cell.take());
                     }
                 }
@@ -427,7 +453,7 @@ impl StoreSink<'_> {
         }
         self.batched_chunks += batch.len() as u64;
         let errors = &mut self.errors;
-        file::flush_batch(&mut batch, |e| {
+        file::flush_batch(&mut batch, now, |e| {
             if errors.len() < 1000 {
                 errors.push(e.to_string());
             }
@@ -624,10 +650,16 @@ impl StoreSink<'_> {
         }
     }
 
-    /// Periodic work in capture time: once a second, commits the index batch and starts a scan
-    /// that writes the chunks and held tails older than a second, at most [`TICK_WRITES`]
-    /// recordings' worth per call (the rest on the next calls).
+    /// Periodic work in capture time: flushes the ready chunks that have waited
+    /// [`READY_WAIT_NS`] for a full batch; once a second, commits the index batch and starts a
+    /// scan that queues the chunks whose flush interval is over for a batch and writes the held
+    /// tails whose interval is over, at most [`TICK_WRITES`] recordings' worth per call (the
+    /// rest on the next calls).
     pub fn tick(&mut self, now_ns: i64) {
+        self.clock = self.clock.max(now_ns);
+        if !self.ready.is_empty() && self.clock.saturating_sub(self.ready_since) >= READY_WAIT_NS {
+            self.flush_ready();
+        }
         if now_ns.saturating_sub(self.last_tick) >= 1_000_000_000 {
             self.last_tick = now_ns;
             self.flush_ready();
@@ -662,6 +694,17 @@ impl StoreSink<'_> {
             let at = self.scan_at;
             self.scan_at += 1;
             let Some(r) = self.open.get_mut(at).and_then(Option::as_mut) else { continue };
+            // A chunk whose flush interval is over goes out with a batch (its tail with it), not
+            // alone here.
+            if r.writer.batch_due(now_ns) {
+                if !r.queued {
+                    r.queued = true;
+                    let (slot, uid) = (r.slot, r.uid);
+                    written += 1;
+                    self.queue_ready(slot, uid);
+                }
+                continue;
+            }
             match r.writer.tick(now_ns) {
                 Ok(true) => written += 1,
                 Ok(false) => {}
@@ -670,6 +713,10 @@ impl StoreSink<'_> {
                     self.note_err(e.to_string());
                 }
             }
+        }
+        // The round is over: what it queued goes out now, not after the ready wait.
+        if self.scan_left == 0 && !self.ready.is_empty() {
+            self.flush_ready();
         }
     }
 
@@ -752,14 +799,12 @@ impl Sink for StoreSink<'_> {
     }
 
     fn media(&mut self, call: CallRef, stream: u8, side: Side, ts_ns: i64, rtp: &[u8]) {
+        self.clock = self.clock.max(ts_ns);
         let Some(r) = self.slot(call) else { return };
         match r.writer.rtp(stream, side, ts_ns, rtp) {
             Ok(true) if !r.queued => {
                 r.queued = true;
-                self.ready.push((call.slot, call.uid));
-                if self.ready.len() >= self.batch_width {
-                    self.flush_ready();
-                }
+                self.queue_ready(call.slot, call.uid);
             }
             Ok(_) => {}
             Err(e) => self.note_err(e),
