@@ -288,9 +288,6 @@ pub struct RecordingWriter {
     md5: Md5State,
     /// `pending` is a sealed chunk (encrypted, framed), waiting for its MD5 update and write.
     sealed: bool,
-    /// In [`flush_batch`]: this chunk goes out because its flush interval is over, so it is
-    /// written whole, tail included.
-    write_whole: bool,
     /// Bytes written to the file.
     bytes: u64,
 }
@@ -375,7 +372,6 @@ impl RecordingWriter {
             pending_since: None,
             md5,
             sealed: false,
-            write_whole: false,
             bytes: HEADER_LEN as u64,
             tail_len: 0,
             tail_since: None,
@@ -675,12 +671,10 @@ impl RecordingWriter {
 /// and watermark as flushing each alone. A chunk whose flush interval is over at capture time
 /// `now_ns` is written whole, with the tail before it, as a flush by time alone would be (a tail
 /// held back would be as old, and due at once in a write of its own); a full chunk's write ends on
-/// a block boundary (the rest is held as the tail, see `write_sealed`). A writer whose chunk fails to seal or write reports its error through `on_error` and the
-/// others go on. Allocates nothing.
+/// a block boundary (the rest is held as the tail, see `write_sealed`). A writer whose chunk fails
+/// to seal or write reports its error through `on_error` and the others go on. Allocates nothing.
 pub fn flush_batch<W: AsMut<RecordingWriter>>(writers: &mut [W], now_ns: i64, mut on_error: impl FnMut(FileError)) {
     for w in writers.iter_mut().map(AsMut::as_mut) {
-        // Decided before sealing, which frames the chunk.
-        w.write_whole = w.batch_due(now_ns);
         if w.pending_len() > 0
             && let Err(e) = w.seal(false)
         {
@@ -695,7 +689,9 @@ pub fn flush_batch<W: AsMut<RecordingWriter>>(writers: &mut [W], now_ns: i64, mu
             .map(|w| md5x::Job { state: &mut w.md5, data: &w.pending[w.tail_len..] }),
     );
     for w in writers.iter_mut().map(AsMut::as_mut).filter(|w| w.sealed) {
-        if let Err(e) = w.write_sealed(w.write_whole) {
+        // Sealing keeps the chunk's age (and makes it longer, never empty).
+        let whole = w.batch_due(now_ns);
+        if let Err(e) = w.write_sealed(whole) {
             on_error(e);
         }
     }

@@ -365,7 +365,7 @@ pub struct StoreSink<'a> {
     /// Files kept open between chunks; calls beyond it reopen their file for each chunk.
     open_file_budget: usize,
     open_files: usize,
-    /// Calls (slot, uid) whose chunk is ready (full, or its flush interval nearly over), waiting
+    /// Calls (slot, uid) whose chunk is ready (full, or its flush interval over), waiting
     /// to be flushed together (see [`file::flush_batch`]): as many as the CPU hashes side by side,
     /// or for at most [`READY_WAIT_NS`].
     ready: Vec<(u32, u64)>,
