@@ -4,8 +4,8 @@
 // call at 13 packets a second flushes every two seconds) round-robin over FILES files at
 // FILES/2 writes a second (each file once every two seconds), syncfs every 2 s, `b` buffered,
 // `d` O_DIRECT or `f` buffered into 256 KiB that fallocate(KEEP_SIZE) reserved at creation;
-// PERIOD (default 2) s between a file's writes, each as much bigger; prints the whole VM's busy CPU (/proc/stat) and this process's user and system
-// CPU. Build: gcc -O2 -o dio-append dio-append.c (see docs/BENCHMARKS.md, twenty-second session).
+// PERIOD (default 2) s between a file's writes, each as much bigger; prints the whole VM's busy
+// CPU (/proc/stat, USER_HZ 100) and this process's user and system CPU. Build: gcc -O2 -o dio-append dio-append.c (see docs/BENCHMARKS.md, twenty-second session).
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
@@ -15,9 +15,10 @@
 #include <time.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
-static double busy(void){unsigned long long v[10]={0};FILE*f=fopen("/proc/stat","r");fscanf(f,"cpu %llu %llu %llu %llu %llu %llu %llu %llu",&v[0],&v[1],&v[2],&v[3],&v[4],&v[5],&v[6],&v[7]);fclose(f);return (v[0]+v[1]+v[2]+v[5]+v[6]+v[7])/100.0;}
+static double busy(void){unsigned long long v[10]={0};FILE*f=fopen("/proc/stat","r");if(!f||fscanf(f,"cpu %llu %llu %llu %llu %llu %llu %llu %llu",&v[0],&v[1],&v[2],&v[3],&v[4],&v[5],&v[6],&v[7])!=8){perror("/proc/stat");exit(1);}fclose(f);return (v[0]+v[1]+v[2]+v[5]+v[6]+v[7])/100.0;}
 static double now(void){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec+t.tv_nsec/1e9;}
 int main(int argc,char**argv){
+  if(argc<5||!strchr("bdf",argv[3][0])){fprintf(stderr,"usage: %s FILES SECONDS b|d|f DIR [PERIOD]\n",argv[0]);return 2;}
   int n=atoi(argv[1]); double secs=atof(argv[2]); int direct=argv[3][0]=='d', falloc=argv[3][0]=='f'; const char*dir=argv[4]; int period=argc>5?atoi(argv[5]):2; if(period<2)period=2;
   int *fd=malloc(n*sizeof(int)); long *off=calloc(n,sizeof(long));
   char p[512];
@@ -30,7 +31,7 @@ int main(int argc,char**argv){
     if(pwrite(fd[i],buf,len,off[i])!=(ssize_t)len){perror("pwrite");return 1;}
     double l=now()-a; if(l>maxlat)maxlat=l;
     off[i]+=len; bytes+=len; w++;
-    next+=1.0/rate; if(w%64) continue; double d=next-now(); if(d>0){struct timespec ts={0,(long)(d*1e9)};nanosleep(&ts,0);}
+    next+=1.0/rate; if(w%64) continue; double d=next-now(); if(d>0){struct timespec ts={(time_t)d,(long)((d-(time_t)d)*1e9)};nanosleep(&ts,0);}
     if(now()-lastsync>=2){syncfs(fd[0]);lastsync=now();}
   }
   struct rusage ru; getrusage(RUSAGE_SELF,&ru);
