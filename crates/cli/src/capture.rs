@@ -95,7 +95,8 @@ pub enum Pipeline {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum ReaderPriority {
-    /// Real-time (SCHED_FIFO 1) where the kernel allows it, the nice value otherwise.
+    /// Real-time (SCHED_FIFO 2; an inline worker's writing thread SCHED_FIFO 1) where the
+    /// kernel allows it, the nice value otherwise.
     #[default]
     Realtime,
     /// A nice value 5 below the process's, never real-time.
@@ -152,8 +153,9 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "N")]
     pub xdp_frames: Option<u32>,
     /// How the reader threads (one per receive queue; with an inline worker, the whole recording
-    /// path) are scheduled: `realtime` (SCHED_FIFO, lowest priority; needs CAP_SYS_NICE, falls
-    /// back to `nice` with a warning) or `nice` (5 below the process) [default: realtime].
+    /// path) are scheduled: `realtime` (SCHED_FIFO 2, and 1 for an inline worker's writing
+    /// thread; needs CAP_SYS_NICE, falls back to `nice` with a warning) or `nice` (5 below the
+    /// process; the writing threads 4 below) [default: realtime].
     #[arg(long, value_enum, value_name = "HOW")]
     pub reader_priority: Option<ReaderPriority>,
     /// Seconds without SIP or media after which a call's endpoints leave the filter [default 600].
@@ -313,6 +315,29 @@ struct WorkerStats {
     /// The longest recording creation and index write of the worker's store, in µs.
     max_create_us: AtomicU64,
     max_index_us: AtomicU64,
+    /// Where the worker's writing thread runs ([`encode_place`]; 0 until it has started).
+    writer_place: AtomicU64,
+}
+
+/// A writing thread's place as one number for [`WorkerStats`]: 0 unknown, `1 << 32 | priority`
+/// real-time, `2 << 32 | (nice + 20)` a nice value.
+fn encode_place(p: Option<recorder::priority::WriterPlace>) -> u64 {
+    use recorder::priority::WriterPlace;
+    match p {
+        None => 0,
+        Some(WriterPlace::Realtime(prio)) => 1 << 32 | prio.clamp(0, 99) as u64,
+        Some(WriterPlace::Nice(n)) => 2 << 32 | (n.clamp(-20, 19) + 20) as u64,
+    }
+}
+
+/// [`encode_place`] in words for the status file: "realtime 1", "nice -4", or null.
+fn place_json(v: u64) -> serde_json::Value {
+    let low = (v & 0xffff_ffff) as i64;
+    match v >> 32 {
+        1 => json!(format!("realtime {low}")),
+        2 => json!(format!("nice {}", low - 20)),
+        _ => serde_json::Value::Null,
+    }
 }
 
 struct WorkerLink {
@@ -892,6 +917,7 @@ impl<'s> WorkerCore<'s> {
         stats.max_write_wait_us.store(w.max_ns / 1_000, Ordering::Relaxed);
         stats.max_create_us.store(self.sink.max_create_ns / 1_000, Ordering::Relaxed);
         stats.max_index_us.store(self.sink.max_index_ns / 1_000, Ordering::Relaxed);
+        stats.writer_place.store(encode_place(self.sink.writer_place()), Ordering::Relaxed);
     }
 
     /// Ends every call in progress (`capture-ended`) and flushes the store.
@@ -1002,6 +1028,7 @@ impl StatusView<'_> {
                     "write_waits": ld(&s.write_waits), "write_wait_ms": ld(&s.write_wait_us) as f64 / 1e3,
                     "max_write_wait_ms": ld(&s.max_write_wait_us) as f64 / 1e3,
                     "max_create_ms": ld(&s.max_create_us) as f64 / 1e3, "max_index_ms": ld(&s.max_index_us) as f64 / 1e3,
+                    "writer_priority": place_json(ld(&s.writer_place)),
                 })
             })
             .collect();
@@ -1118,7 +1145,8 @@ pub fn status(dir: &Path, json_out: bool) -> Result<ExitCode> {
         for w in st["workers"].as_array().into_iter().flatten() {
             println!(
                 "  worker {:<3} active {:>5}  recorded {:>7}  packets {:>10}  lag {} ms  longest batch {} ms, tick {} ms, \
-                 recording created {} ms, index write {} ms  waited for write buffers {} times ({} ms, longest {} ms)",
+                 recording created {} ms, index write {} ms  waited for write buffers {} times ({} ms, longest {} ms), \
+                 writing thread {}",
                 w["worker"],
                 w["active_calls"],
                 w["recorded"],
@@ -1130,7 +1158,8 @@ pub fn status(dir: &Path, json_out: bool) -> Result<ExitCode> {
                 w["max_index_ms"],
                 w["write_waits"],
                 w["write_wait_ms"],
-                w["max_write_wait_ms"]
+                w["max_write_wait_ms"],
+                w["writer_priority"].as_str().unwrap_or("not started")
             );
         }
         if let Some(x) = st["xdp"].as_object() {
@@ -1173,6 +1202,21 @@ mod tests {
         assert_eq!(r.sip_ports, vec![5060, 5061]);
         assert_eq!(r.store.as_deref(), Some(Path::new("/var/lib/callrec")));
         assert_eq!((r.media_idle_timeout, r.log_interval, r.retention_days), (Some(600), Some(60), Some(1825)));
+    }
+
+    /// The writing thread's place survives the status file's atomics as words, for every
+    /// priority and nice value there is.
+    #[test]
+    fn the_writing_threads_place_reads_back_in_words() {
+        use recorder::priority::WriterPlace;
+        assert_eq!(place_json(encode_place(None)), serde_json::Value::Null);
+        assert_eq!(place_json(0), serde_json::Value::Null);
+        for prio in [1, 2, 99] {
+            assert_eq!(place_json(encode_place(Some(WriterPlace::Realtime(prio)))), json!(format!("realtime {prio}")));
+        }
+        for n in [-20, -4, 0, 19] {
+            assert_eq!(place_json(encode_place(Some(WriterPlace::Nice(n)))), json!(format!("nice {n}")));
+        }
     }
 
     #[test]

@@ -179,6 +179,24 @@ fn record_calls(mode: &str, extra: &[&str], tag: &str) -> (TestStore, Value) {
     let ms = |w: &Value, k: &str| w[k].as_f64().unwrap_or_else(|| panic!("{k}: {w:#}"));
     assert!(ws.iter().any(|w| ms(w, "max_create_ms") > 0.0 && ms(w, "max_index_ms") > 0.0), "{ws:#?}");
     assert!(ws.iter().all(|w| w["write_waits"] == 0 && ms(w, "max_write_wait_ms") == 0.0), "{ws:#?}");
+    // The writing threads' places (recorder::priority): real-time below a real-time reader that
+    // records inline; a worker thread of its own (queued, or more than one) is ordinary, and so
+    // is its writing thread. At least one worker recorded, so at least one place is checked.
+    assert!(ws.iter().any(|w| w["writer_priority"].is_string()), "{ws:#?}");
+    let inline = status["pipeline"] == "inline";
+    let rt_reader = !err.contains("cannot make the reader real-time");
+    for w in ws {
+        // A worker the steering gave no call never started a writing thread.
+        if w["recorded"] == 0 && w["writer_priority"].is_null() {
+            continue;
+        }
+        let place = w["writer_priority"].as_str().unwrap_or_else(|| panic!("writer_priority: {w:#}"));
+        if inline && rt_reader {
+            assert_eq!(place, "realtime 1", "{w:#}");
+        } else {
+            assert!(place.starts_with("nice "), "{w:#}");
+        }
+    }
     let link =
         Command::new("ip").args(["-n", &format!("{}-cap", rig.name), "link", "show", "mirror0"]).output().unwrap();
     let link = String::from_utf8_lossy(&link.stdout);

@@ -22,6 +22,13 @@
 //! process's value it still fell behind in a later run (0.18 % lost, 1.46 s of waits), hence
 //! [`WRITER_NICE`] (docs/BENCHMARKS.md, "The writing thread's priority").
 //!
+//! Behind a real-time reader that records inline the writing thread is real-time too, one
+//! priority below the reader ([`WRITER_RT_PRIORITY`]) since the twenty-third session: at nice
+//! -4 it still fell 64 MiB behind when calls started by thousands on 2 busy cores (the reader
+//! waited for its buffers 37,000-145,000 times a run, 1.4-9.0 s); real-time, not once in three
+//! alternating runs (docs/BENCHMARKS.md, "tcpdump beside it at 20,000 calls going on, and a
+//! real-time writing thread").
+//!
 //! Measured (docs/BENCHMARKS.md, tenth session), 8,000-call live runs at the 2-core rig's edge:
 //! lost 0.27 % in the median of 9 runs with these priorities (3 lossless) against 2.37 % in the
 //! median of 7 without (none lossless); better in 5 of 7 adjacent pairs, worse in 2, so a
@@ -32,8 +39,9 @@
 
 use std::io;
 
-/// Capture's reader threads' real-time priority (`SCHED_FIFO`, the lowest there is), where the
-/// kernel allows it; [`READER_NICE`] where it does not or the operator says so.
+/// Capture's reader threads' real-time priority (`SCHED_FIFO`: one above the lowest there is,
+/// which is its inline worker's writing thread's, [`WRITER_RT_PRIORITY`]), where the kernel
+/// allows it; [`READER_NICE`] where it does not or the operator says so.
 ///
 /// Why real-time: a nice value only weighs the reader's share against the threads around it;
 /// it still waits its turn behind them. In the live bench at 12,000 calls going on on 2 cores
@@ -45,7 +53,24 @@ use std::io;
 /// waits for the writing thread's buffers when the disk is behind, and the kernel keeps 5 % of
 /// every second for other threads (`sched_rt_runtime_us`). Threads it starts (the inline
 /// worker's writing and sync threads) do not inherit the policy (`SCHED_RESET_ON_FORK`).
-pub const READER_RT_PRIORITY: i32 = 1;
+pub const READER_RT_PRIORITY: i32 = WRITER_RT_PRIORITY + 1;
+
+/// The real-time priority of a writing thread started by a real-time thread (the inline worker
+/// on a real-time reader): `SCHED_FIFO` at the lowest priority, below the reader, which holds the
+/// shorter buffer, and ahead of every ordinary thread (the generator of the live bench, the
+/// kernel's writeback workers, ...). A writing thread started by an ordinary thread (a worker of
+/// the queued pipeline, `import`) runs at [`WRITER_NICE`] instead.
+///
+/// Why: at nice -4 the writing thread still waits for a core about 2.5 times as long as it runs
+/// when the cores are busy (eighteenth session, `schedstat`), and with the calls of the live
+/// bench at 20,000-24,000 going on on 2 cores it falls behind by all of its 64 MiB of buffers
+/// again and again: the inline reader then stops to wait for one (up to 85 ms at once, 6.3 s in
+/// a run that lost 1.5 %), and its socket drops frames (docs/BENCHMARKS.md, twenty-third
+/// session). It needs a fifth of a core there and sleeps whenever its queue is empty, so it
+/// cannot take a core for good.
+pub const WRITER_RT_PRIORITY: i32 = 1;
+// The reader preempts its writing thread, never the other way round.
+const _: () = assert!(WRITER_RT_PRIORITY < READER_RT_PRIORITY);
 
 /// Capture's reader threads' nice value, from the process's. Negative: needs CAP_SYS_NICE
 /// (capture runs as root); without it the reader keeps the process's and capture says so.
@@ -117,6 +142,33 @@ fn nice_of(tid: libc::pid_t) -> io::Result<i32> {
         let e = io::Error::last_os_error();
         if n == -1 && e.raw_os_error().is_some_and(|c| c != 0) { Err(e) } else { Ok(n) }
     }
+}
+
+/// Where a recorder's writing thread runs: real-time at a priority, or at a nice value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriterPlace {
+    Realtime(i32),
+    Nice(i32),
+}
+
+/// Puts the calling thread where a recorder's writing thread belongs: `SCHED_FIFO` at
+/// [`WRITER_RT_PRIORITY`] if the thread that started it is real-time (`starter_realtime`) and the
+/// kernel allows it, otherwise at [`WRITER_NICE`] from the process's value (see
+/// [`set_writer_nice`]). Errors are those of the nice value: a refused real-time policy falls
+/// back to it.
+pub fn set_writer_priority(starter_realtime: bool) -> io::Result<WriterPlace> {
+    if starter_realtime && set_thread_fifo(WRITER_RT_PRIORITY).is_ok() {
+        return Ok(WriterPlace::Realtime(WRITER_RT_PRIORITY));
+    }
+    set_writer_nice().map(WriterPlace::Nice)
+}
+
+/// The calling thread's real-time priority (0 for an ordinary thread).
+pub fn thread_rt_priority() -> io::Result<i32> {
+    let mut param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: gettid has no preconditions; sched_getparam writes only `param`.
+    let r = unsafe { libc::sched_getparam(libc::gettid(), &mut param) };
+    if r == 0 { Ok(param.sched_priority) } else { Err(io::Error::last_os_error()) }
 }
 
 /// Puts the calling thread at [`WRITER_NICE`] from the process's nice value, whatever it
@@ -210,6 +262,47 @@ mod tests {
             }
         }
         assert_eq!(process_nice().unwrap(), process);
+    }
+
+    /// A writing thread started by a real-time reader runs real-time one priority below it (the
+    /// reader holds the shorter buffer); started by an ordinary thread, or where the kernel
+    /// refuses real-time, at [`WRITER_NICE`] from the process's value.
+    #[test]
+    fn a_writing_thread_runs_real_time_below_a_real_time_reader() {
+        let want_nice = (process_nice().unwrap() + WRITER_NICE).clamp(-20, 19);
+        let (reader, place, policy, prio) = std::thread::spawn(|| {
+            let reader = set_thread_fifo(READER_RT_PRIORITY);
+            let realtime = thread_policy().unwrap() == libc::SCHED_FIFO;
+            let child = std::thread::spawn(move || {
+                (set_writer_priority(realtime), thread_policy().unwrap(), thread_rt_priority().unwrap())
+            })
+            .join()
+            .unwrap();
+            (reader, child.0, child.1, child.2)
+        })
+        .join()
+        .unwrap();
+        match reader {
+            Ok(()) => {
+                assert_eq!(place.unwrap(), WriterPlace::Realtime(WRITER_RT_PRIORITY));
+                assert_eq!((policy, prio), (libc::SCHED_FIFO, WRITER_RT_PRIORITY));
+            }
+            Err(e) => {
+                assert!(refused(&e), "{e}");
+                assert_eq!(policy, libc::SCHED_OTHER);
+                if let Ok(p) = place {
+                    assert_eq!(p, WriterPlace::Nice(want_nice));
+                }
+            }
+        }
+        // An ordinary starter: never real-time.
+        let (place, policy) =
+            std::thread::spawn(|| (set_writer_priority(false), thread_policy().unwrap())).join().unwrap();
+        assert_eq!(policy, libc::SCHED_OTHER);
+        match place {
+            Ok(p) => assert_eq!(p, WriterPlace::Nice(want_nice)),
+            Err(e) => assert!(refused(&e), "{e}"),
+        }
     }
 
     /// setpriority(2) refuses a lower nice value with EACCES, sched_setscheduler with EPERM.

@@ -726,6 +726,12 @@ impl StoreSink<'_> {
         self.writeback.as_ref().map(Writeback::waits).unwrap_or_default()
     }
 
+    /// Where this sink's writing thread runs (real-time or a nice value); `None` before it has
+    /// started or while this sink writes without one.
+    pub fn writer_place(&self) -> Option<crate::priority::WriterPlace> {
+        self.writeback.as_ref().and_then(Writeback::place)
+    }
+
     /// Blocks until the writing thread has performed every write handed to it so far, so the
     /// files hold everything this sink has written out (tests read recordings in progress).
     pub fn wait_writes(&self) {

@@ -31,6 +31,8 @@ use std::thread::JoinHandle;
 
 use crossbeam::channel::{Receiver, Sender, bounded};
 
+use crate::priority::WriterPlace;
+
 /// Buffers per sink, allocated when the thread starts and recycled: 256 of 16 KiB (a chunk,
 /// with the tail held in front of it, is at most ~14.5 KiB): 4 MiB per sink, about a second of
 /// one worker's output at 1,000 calls. The worker allocates nothing for writes while these do.
@@ -85,6 +87,8 @@ struct Shared {
     waits: AtomicU64,
     waited_ns: AtomicU64,
     max_wait_ns: AtomicU64,
+    /// Where the thread runs, once it has placed itself (see [`Writeback::place`]).
+    place: Mutex<Option<WriterPlace>>,
 }
 
 /// How often and how long the thread recording calls waited for the writing thread's buffers:
@@ -137,17 +141,24 @@ impl Writeback {
             waits: AtomicU64::new(0),
             waited_ns: AtomicU64::new(0),
             max_wait_ns: AtomicU64::new(0),
+            place: Mutex::new(None),
         });
+        // A real-time starter (the inline worker on a real-time reader) gets a real-time writing
+        // thread, one priority below it; any other one a writing thread at `WRITER_NICE`.
+        let starter_realtime = crate::priority::thread_policy().is_ok_and(|p| p == libc::SCHED_FIFO);
         let s = shared.clone();
         let buffers = Arc::new(AtomicUsize::new(BUFFERS));
         let b = buffers.clone();
         let thread = std::thread::Builder::new()
             .name("callrec-write".into())
             .spawn(move || {
-                // Ahead of the workers it serves, from the process's value, not from the thread
-                // that started it (a real-time or nice -5 reader; see `crate::priority`). Where
-                // the value cannot be lowered (no CAP_SYS_NICE) it keeps what it inherited.
-                let _ = crate::priority::set_writer_nice();
+                // Ahead of the workers it serves and of every ordinary thread, behind a real-time
+                // reader (see `crate::priority`). Where neither real-time nor a lower nice value
+                // is allowed (no CAP_SYS_NICE) it keeps what it inherited.
+                let place = crate::priority::set_writer_priority(starter_realtime).ok();
+                if let Ok(mut p) = s.place.lock() {
+                    *p = place;
+                }
                 run(&rx, &pool_tx, &b, &s)
             })
             .map_err(|e| format!("cannot start the file-writing thread: {e}"))?;
@@ -183,6 +194,12 @@ impl Writeback {
     /// See [`WriteQueue::forget`].
     pub fn forget(&self, path: &Arc<str>) {
         self.queue.forget(path)
+    }
+
+    /// Where the writing thread runs (real-time or a nice value); `None` until it has started,
+    /// or where the kernel let it have neither (it then keeps the starter's nice value).
+    pub fn place(&self) -> Option<WriterPlace> {
+        self.queue.shared.place.lock().ok().and_then(|p| *p)
     }
 
     /// How the recording thread has waited for buffers so far.
@@ -353,6 +370,35 @@ mod tests {
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].contains(&*missing), "{errs:?}");
         assert!(wb.take_errors().is_empty(), "reported once");
+    }
+
+    /// The writing thread of a real-time starter (the inline worker on a real-time reader) runs
+    /// real-time below it; that of an ordinary starter at `WRITER_NICE`. Where the kernel refuses
+    /// real-time (no CAP_SYS_NICE) neither is real-time.
+    #[test]
+    fn the_writing_thread_follows_its_starters_class() {
+        use crate::priority::{READER_RT_PRIORITY, WRITER_RT_PRIORITY, set_thread_fifo};
+        let place_of = |wb: &Writeback| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while wb.place().is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            wb.place()
+        };
+        let (rt, place) = std::thread::spawn(move || {
+            let rt = set_thread_fifo(READER_RT_PRIORITY).is_ok();
+            let wb = Writeback::start().unwrap();
+            (rt, place_of(&wb))
+        })
+        .join()
+        .unwrap();
+        if rt {
+            assert_eq!(place, Some(WriterPlace::Realtime(WRITER_RT_PRIORITY)));
+        } else {
+            assert!(!matches!(place, Some(WriterPlace::Realtime(_))), "{place:?}");
+        }
+        let place = std::thread::spawn(move || place_of(&Writeback::start().unwrap())).join().unwrap();
+        assert!(!matches!(place, Some(WriterPlace::Realtime(_))), "an ordinary starter: {place:?}");
     }
 
     /// A writing thread that falls behind does not hold the worker up until the sink has
