@@ -23,8 +23,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -38,6 +38,7 @@ use capture_core::{Decoded, Decoder};
 
 use crossbeam::channel::{Receiver, Sender, TrySendError, bounded, unbounded};
 use recorder::batch::{Batch, steer};
+use recorder::priority::WriterPlace;
 use recorder::steer::{KernelChange, Learned, SteerConfig, Steering};
 use recorder::store::Store;
 use recorder::{Config, Engine};
@@ -315,28 +316,17 @@ struct WorkerStats {
     /// The longest recording creation and index write of the worker's store, in µs.
     max_create_us: AtomicU64,
     max_index_us: AtomicU64,
-    /// Where the worker's writing thread runs ([`encode_place`]; 0 until it has started).
-    writer_place: AtomicU64,
+    /// Where the worker's writing thread runs, once it has started.
+    writer_place: OnceLock<WriterPlace>,
 }
 
-/// A writing thread's place as one number for [`WorkerStats`]: 0 unknown, `1 << 32 | priority`
-/// real-time, `2 << 32 | (nice + 20)` a nice value.
-fn encode_place(p: Option<recorder::priority::WriterPlace>) -> u64 {
-    use recorder::priority::WriterPlace;
+/// A writing thread's place in words for the status file: "realtime 1", "nice -4", or null
+/// before it has started.
+fn place_json(p: Option<&WriterPlace>) -> serde_json::Value {
     match p {
-        None => 0,
-        Some(WriterPlace::Realtime(prio)) => 1 << 32 | prio.clamp(0, 99) as u64,
-        Some(WriterPlace::Nice(n)) => 2 << 32 | (n.clamp(-20, 19) + 20) as u64,
-    }
-}
-
-/// [`encode_place`] in words for the status file: "realtime 1", "nice -4", or null.
-fn place_json(v: u64) -> serde_json::Value {
-    let low = (v & 0xffff_ffff) as i64;
-    match v >> 32 {
-        1 => json!(format!("realtime {low}")),
-        2 => json!(format!("nice {}", low - 20)),
-        _ => serde_json::Value::Null,
+        Some(WriterPlace::Realtime(prio)) => json!(format!("realtime {prio}")),
+        Some(WriterPlace::Nice(n)) => json!(format!("nice {n}")),
+        None => serde_json::Value::Null,
     }
 }
 
@@ -917,7 +907,9 @@ impl<'s> WorkerCore<'s> {
         stats.max_write_wait_us.store(w.max_ns / 1_000, Ordering::Relaxed);
         stats.max_create_us.store(self.sink.max_create_ns / 1_000, Ordering::Relaxed);
         stats.max_index_us.store(self.sink.max_index_ns / 1_000, Ordering::Relaxed);
-        stats.writer_place.store(encode_place(self.sink.writer_place()), Ordering::Relaxed);
+        if let Some(p) = self.sink.writer_place() {
+            let _ = stats.writer_place.set(p);
+        }
     }
 
     /// Ends every call in progress (`capture-ended`) and flushes the store.
@@ -1028,7 +1020,7 @@ impl StatusView<'_> {
                     "write_waits": ld(&s.write_waits), "write_wait_ms": ld(&s.write_wait_us) as f64 / 1e3,
                     "max_write_wait_ms": ld(&s.max_write_wait_us) as f64 / 1e3,
                     "max_create_ms": ld(&s.max_create_us) as f64 / 1e3, "max_index_ms": ld(&s.max_index_us) as f64 / 1e3,
-                    "writer_priority": place_json(ld(&s.writer_place)),
+                    "writer_priority": place_json(s.writer_place.get()),
                 })
             })
             .collect();
@@ -1204,19 +1196,12 @@ mod tests {
         assert_eq!((r.media_idle_timeout, r.log_interval, r.retention_days), (Some(600), Some(60), Some(1825)));
     }
 
-    /// The writing thread's place survives the status file's atomics as words, for every
-    /// priority and nice value there is.
+    /// The writing thread's place reads as words in the status file.
     #[test]
-    fn the_writing_threads_place_reads_back_in_words() {
-        use recorder::priority::WriterPlace;
-        assert_eq!(place_json(encode_place(None)), serde_json::Value::Null);
-        assert_eq!(place_json(0), serde_json::Value::Null);
-        for prio in [1, 2, 99] {
-            assert_eq!(place_json(encode_place(Some(WriterPlace::Realtime(prio)))), json!(format!("realtime {prio}")));
-        }
-        for n in [-20, -4, 0, 19] {
-            assert_eq!(place_json(encode_place(Some(WriterPlace::Nice(n)))), json!(format!("nice {n}")));
-        }
+    fn the_writing_threads_place_reads_in_words() {
+        assert_eq!(place_json(None), serde_json::Value::Null);
+        assert_eq!(place_json(Some(&WriterPlace::Realtime(1))), json!("realtime 1"));
+        assert_eq!(place_json(Some(&WriterPlace::Nice(-4))), json!("nice -4"));
     }
 
     #[test]

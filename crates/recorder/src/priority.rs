@@ -163,14 +163,6 @@ pub fn set_writer_priority(starter_realtime: bool) -> io::Result<WriterPlace> {
     set_writer_nice().map(WriterPlace::Nice)
 }
 
-/// The calling thread's real-time priority (0 for an ordinary thread).
-pub fn thread_rt_priority() -> io::Result<i32> {
-    let mut param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: gettid has no preconditions; sched_getparam writes only `param`.
-    let r = unsafe { libc::sched_getparam(libc::gettid(), &mut param) };
-    if r == 0 { Ok(param.sched_priority) } else { Err(io::Error::last_os_error()) }
-}
-
 /// Puts the calling thread at [`WRITER_NICE`] from the process's nice value, whatever it
 /// inherited from the thread that started it (a reader at nice -5, or a real-time one whose
 /// children start at 0): a recorder's writing thread ([`crate::store::writeback`]). Lowering the
@@ -303,6 +295,14 @@ mod tests {
             Ok(p) => assert_eq!(p, WriterPlace::Nice(want_nice)),
             Err(e) => assert!(refused(&e), "{e}"),
         }
+    }
+
+    /// The calling thread's real-time priority (0 for an ordinary thread).
+    fn thread_rt_priority() -> io::Result<i32> {
+        let mut param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: gettid has no preconditions; sched_getparam writes only `param`.
+        let r = unsafe { libc::sched_getparam(libc::gettid(), &mut param) };
+        if r == 0 { Ok(param.sched_priority) } else { Err(io::Error::last_os_error()) }
     }
 
     /// setpriority(2) refuses a lower nice value with EACCES, sched_setscheduler with EPERM.

@@ -26,7 +26,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use crossbeam::channel::{Receiver, Sender, bounded};
@@ -88,7 +88,7 @@ struct Shared {
     waited_ns: AtomicU64,
     max_wait_ns: AtomicU64,
     /// Where the thread runs, once it has placed itself (see [`Writeback::place`]).
-    place: Mutex<Option<WriterPlace>>,
+    place: OnceLock<WriterPlace>,
 }
 
 /// How often and how long the thread recording calls waited for the writing thread's buffers:
@@ -141,7 +141,7 @@ impl Writeback {
             waits: AtomicU64::new(0),
             waited_ns: AtomicU64::new(0),
             max_wait_ns: AtomicU64::new(0),
-            place: Mutex::new(None),
+            place: OnceLock::new(),
         });
         // A real-time starter (the inline worker on a real-time reader) gets a real-time writing
         // thread, one priority below it; any other one a writing thread at `WRITER_NICE`.
@@ -155,9 +155,8 @@ impl Writeback {
                 // Ahead of the workers it serves and of every ordinary thread, behind a real-time
                 // reader (see `crate::priority`). Where neither real-time nor a lower nice value
                 // is allowed (no CAP_SYS_NICE) it keeps what it inherited.
-                let place = crate::priority::set_writer_priority(starter_realtime).ok();
-                if let Ok(mut p) = s.place.lock() {
-                    *p = place;
+                if let Ok(place) = crate::priority::set_writer_priority(starter_realtime) {
+                    let _ = s.place.set(place);
                 }
                 run(&rx, &pool_tx, &b, &s)
             })
@@ -199,7 +198,7 @@ impl Writeback {
     /// Where the writing thread runs (real-time or a nice value); `None` until it has started,
     /// or where the kernel let it have neither (it then keeps the starter's nice value).
     pub fn place(&self) -> Option<WriterPlace> {
-        self.queue.shared.place.lock().ok().and_then(|p| *p)
+        self.queue.shared.place.get().copied()
     }
 
     /// How the recording thread has waited for buffers so far.
